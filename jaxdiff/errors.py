@@ -1,0 +1,28 @@
+"""User-facing input errors.
+
+Anything a user can get wrong (a missing or corrupt file, a wrong shape, an unknown config key, NaNs in
+data, an empty mask where one is required) raises `InputError` with a one-line message naming the file or
+key. The command-line entry points catch it, print `error: <message>` on stderr and exit with status 2
+without a traceback, before anything in the work directory is written.
+"""
+from __future__ import annotations
+
+import contextlib
+import sys
+
+
+class InputError(Exception):
+    """Bad user input; the message is one line and names the offending file or config key."""
+
+    def __init__(self, message: str):
+        super().__init__(" ".join(str(message).split()))
+
+
+@contextlib.contextmanager
+def cli_errors():
+    """Turn `InputError` (and config-flag errors) into `error: ...` on stderr and exit status 2."""
+    try:
+        yield
+    except InputError as e:
+        print(f"error: {e}", file=sys.stderr)
+        raise SystemExit(2) from None
