@@ -1,0 +1,97 @@
+"""Parameter table of an experiment's model, without allocating it.
+
+    python -m jaxdiff.summary --config configs/NAME.py [--depth 2] [--flops] [--memory]
+
+Prints a per-module parameter table and, as its last line, `params: N` (exact trainable parameters).
+`--flops` adds the multiply-adds of one forward pass per example (XLA cost analysis); `--memory` the
+compiled peak memory of one train step at the configured batch size (XLA memory analysis).
+"""
+from __future__ import annotations
+
+import sys
+
+import jax
+import numpy as np
+
+from jaxdiff import config as config_lib
+from jaxdiff.errors import cli_errors
+
+
+def _flags(fv):
+    from absl import flags
+    flags.DEFINE_integer("depth", 1, "Module nesting depth of the table.", flag_values=fv)
+    flags.DEFINE_bool("flops", False, "Also print forward multiply-adds per example.", flag_values=fv)
+    flags.DEFINE_bool("memory", False, "Also print the compiled train-step peak memory.", flag_values=fv)
+
+
+def count(tree) -> int:
+    """Number of scalars in a pytree of arrays or ShapeDtypeStructs."""
+    return int(sum(np.prod(x.shape, dtype=np.int64) for x in jax.tree.leaves(tree)))
+
+
+def table(params, depth: int = 1) -> list[tuple[str, int]]:
+    """[(module path, parameter count)] for the modules `depth` levels down the params tree."""
+    rows = []
+
+    def walk(node, path, level):
+        if level == depth or not isinstance(node, dict) or not all(isinstance(v, dict) for v in node.values()):
+            rows.append(("/".join(path) or "(root)", count(node)))
+            return
+        for k, v in node.items():
+            walk(v, path + [k], level + 1)
+
+    walk(params, [], 0)
+    return rows
+
+
+def forward_macs(task, variables, batch) -> float:
+    """Multiply-adds of one forward pass per example (XLA's flop count / 2)."""
+    args, kwargs = task.model_inputs(batch)
+    fn = jax.jit(lambda v, a: task.model.apply(v, *a, train=False, **kwargs))
+    cost = fn.lower(variables, args).compile().cost_analysis()
+    cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+    return float(cost["flops"]) / 2.0 / batch[next(iter(batch))].shape[0]
+
+
+def train_step_memory(task, config) -> dict:
+    """Compiled memory (bytes) of one train step at `train.batch_size` on one device."""
+    from jaxdiff.training.state import TrainState, make_optimizer
+    from jaxdiff.training.step import make_train_step
+    tx = make_optimizer(config.train)
+    batch = task.example_batch(int(config.train.batch_size))
+    state = jax.eval_shape(lambda r, b: TrainState.create(task.init(r, b), tx), jax.random.PRNGKey(0), batch)
+    compiled = jax.jit(make_train_step(task, config.train), donate_argnums=(0,)).lower(
+        state, batch, jax.random.PRNGKey(0)).compile()
+    m = compiled.memory_analysis()
+    return {"argument_bytes": m.argument_size_in_bytes, "output_bytes": m.output_size_in_bytes,
+            "temp_bytes": m.temp_size_in_bytes,
+            "peak_bytes": m.argument_size_in_bytes + m.temp_size_in_bytes + m.output_size_in_bytes
+            - m.alias_size_in_bytes}
+
+
+def main(argv=None) -> int:
+    argv = list(sys.argv if argv is None else argv)
+    with cli_errors():
+        config, fv = config_lib.parse(argv, _flags)
+        from jaxdiff import tasks
+        task = tasks.build(config)
+        batch = task.example_batch(1)
+        variables = jax.eval_shape(task.init, jax.random.PRNGKey(0), batch)
+        for line in task.summary_lines(variables) if hasattr(task, "summary_lines") else []:
+            print(line)
+        rows = table(variables["params"], fv.depth)
+        width = max(len(r[0]) for r in rows) + 2
+        print(f"{'module':<{width}}{'params':>14}")
+        for name, n in rows:
+            print(f"{name:<{width}}{n:>14,}")
+        if fv.flops:
+            print(f"multiply-adds per example: {forward_macs(task, variables, batch) / 1e9:.2f} G")
+        if fv.memory:
+            for k, v in train_step_memory(task, config).items():
+                print(f"train step {k}: {v / 2 ** 20:.1f} MiB")
+        print(f"params: {count(variables['params'])}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

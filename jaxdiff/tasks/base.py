@@ -1,0 +1,82 @@
+"""The task interface shared by the train step, the loop and the command-line tools.
+
+A task owns a Flax module (built from `config.model`) and says how to initialise it, what loss to train, and
+how to predict and evaluate. It knows nothing of sharding or checkpoints; the shared step calls `loss`.
+"""
+from __future__ import annotations
+
+import abc
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxdiff import models
+from jaxdiff.errors import InputError
+
+_DTYPES = {"fp32": jnp.float32, "bf16": jnp.bfloat16}
+
+
+def cast_floating(tree, dtype):
+    """Cast the floating-point leaves of a pytree to `dtype` (integer leaves untouched)."""
+    return jax.tree.map(lambda x: x.astype(dtype) if jnp.issubdtype(x.dtype, jnp.floating) else x, tree)
+
+
+class Task(abc.ABC):
+    """Base class. Subclasses set `self.model` and implement `example_batch`, `loss` and `finalize`.
+
+    Mixed precision: with `train.precision = "bf16"`, `apply` runs the model with bf16 parameters and inputs
+    (parameters stay float32 in the train state; gradients arrive in float32) and returns float32 outputs.
+    """
+
+    def __init__(self, config):
+        self.config = config
+        self.model = models.build(config.model)
+        precision = config.train.get("precision", "fp32")
+        if precision not in _DTYPES:
+            raise InputError(f"config key train.precision: {precision!r} is not fp32 or bf16")
+        self.compute_dtype = _DTYPES[precision]
+
+    # --- model plumbing -------------------------------------------------------------------------------
+    @abc.abstractmethod
+    def model_inputs(self, batch: dict) -> tuple[tuple, dict]:
+        """Positional and keyword model inputs for `batch` (used by `init` and `summary`)."""
+
+    def init(self, rng, batch) -> dict:
+        """Model variables ({"params", maybe "batch_stats"}) for an example batch."""
+        args, kwargs = self.model_inputs(batch)
+        p_rng, d_rng = jax.random.split(rng)
+        return self.model.init({"params": p_rng, "dropout": d_rng}, *args, train=False, **kwargs)
+
+    def apply(self, variables, *args, rng=None, train=False, mutable=False, **kwargs):
+        """`model.apply` in the compute dtype; outputs cast back to float32.
+
+        With `mutable` (e.g. ["batch_stats"]) returns (outputs, updated collections).
+        """
+        variables = cast_floating(variables, self.compute_dtype) if self.compute_dtype != jnp.float32 else variables
+        args = cast_floating(args, self.compute_dtype) if self.compute_dtype != jnp.float32 else args
+        rngs = {"dropout": rng} if rng is not None else None
+        out = self.model.apply(variables, *args, train=train, rngs=rngs, mutable=mutable, **kwargs)
+        if mutable:
+            out, updates = out
+            return cast_floating(out, jnp.float32), cast_floating(updates, jnp.float32)
+        return cast_floating(out, jnp.float32)
+
+    # --- what subclasses provide ----------------------------------------------------------------------
+    @abc.abstractmethod
+    def example_batch(self, batch_size: int) -> dict:
+        """A zero batch with the shapes and dtypes the data pipeline produces (for init and summaries)."""
+
+    @abc.abstractmethod
+    def loss(self, params, model_state, batch, rng, train=True):
+        """Returns (scalar loss, (metrics dict of scalars, new model_state))."""
+
+    @abc.abstractmethod
+    def finalize(self, state, workdir: str, val_source, rng) -> dict:
+        """End-of-run report on held-out examples (`val_source[i]` -> example dict): writes pictures into
+        `workdir/samples` and returns the metrics to print."""
+
+
+def zeros_like_spec(spec: dict, batch_size: int) -> dict:
+    """{name: (shape, dtype)} per example -> dict of zero numpy arrays with a leading batch axis."""
+    return {k: np.zeros((batch_size, *shape), dtype) for k, (shape, dtype) in spec.items()}

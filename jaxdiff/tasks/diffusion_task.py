@@ -1,0 +1,80 @@
+"""Shared pieces of every diffusion task: the schedule, the noise-prediction loss and the scan sampler.
+
+Config block `diffusion`: schedule (linear | cosine | scaled_linear | cosine_angle), num_timesteps, optional
+beta_start / beta_end, prediction (eps | x0 | v), loss (mse | l1), min_snr_gamma (0: off), sampler (ddim |
+ddpm), sample_steps, eta, clip_x0 (bound for the predicted x0, 0: off), guidance_scale (0: off).
+"""
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+
+from jaxdiff.diffusion import gaussian, samplers, schedules
+from jaxdiff.errors import InputError
+from jaxdiff.tasks.base import Task
+
+
+def make_schedule(diff_cfg):
+    """Schedule value from the `diffusion` config block."""
+    kw = {k: float(diff_cfg[k]) for k in ("beta_start", "beta_end") if k in diff_cfg}
+    return schedules.get(diff_cfg.schedule, num_timesteps=int(diff_cfg.num_timesteps), **kw)
+
+
+class DiffusionTask(Task):
+    """A task whose model is a denoiser `model(x_t, t, cond) -> prediction`."""
+
+    def __init__(self, config):
+        super().__init__(config)
+        d = config.diffusion
+        self.schedule = make_schedule(d)
+        self.prediction = d.get("prediction", "eps")
+        if self.prediction not in ("eps", "x0", "v"):
+            raise InputError(f"config key diffusion.prediction: {self.prediction!r} is not eps, x0 or v")
+        self.loss_kind = d.get("loss", "mse")
+        if self.loss_kind not in ("mse", "l1"):
+            raise InputError(f"config key diffusion.loss: {self.loss_kind!r} is not mse or l1")
+        if d.get("sampler", "ddim") not in ("ddim", "ddpm"):
+            raise InputError(f"config key diffusion.sampler: {d.sampler!r} is not ddim or ddpm")
+
+    def diffusion_loss(self, params, model_state, x0, cond, rng, train=True):
+        """Noise `x0` (B, ..., C) at uniform random t and score the denoiser's prediction.
+
+        Returns (scalar loss, (metrics, new model_state)).
+        """
+        t_rng, n_rng, d_rng = jax.random.split(rng, 3)
+        b = x0.shape[0]
+        t = jax.random.randint(t_rng, (b,), 0, self.schedule.num_timesteps)
+        noise = jax.random.normal(n_rng, x0.shape, jnp.float32)
+        x_t = gaussian.q_sample(self.schedule, x0, t, noise)
+        mutable = list(model_state.keys()) if train and model_state else False
+        out = self.apply({"params": params, **model_state}, x_t, t, cond, rng=d_rng, train=train, mutable=mutable)
+        pred, new_state = out if mutable else (out, model_state)
+        gamma = float(self.config.diffusion.get("min_snr_gamma", 0.0)) or None
+        per_example = gaussian.loss(self.schedule, pred, x0, noise, t, x_t, prediction=self.prediction,
+                                    kind=self.loss_kind, min_snr_gamma=gamma)
+        loss = jnp.mean(per_example)
+        return loss, ({"loss": loss}, new_state)
+
+    def denoise_fn(self, variables):
+        """`denoise_fn(x_t, t, cond)` closing over evaluation variables, as the samplers expect."""
+        return lambda x_t, t, cond: self.apply(variables, x_t, t, cond, train=False)
+
+    def sample(self, variables, shape, rng, cond=None, num_steps=None, uncond=None, return_trajectory=False):
+        """Run the configured reverse chain (one lax.scan) for a batch of `shape` (B, ..., C)."""
+        d = self.config.diffusion
+        clip = float(d.get("clip_x0", 1.0)) or None
+        guidance = float(d.get("guidance_scale", 0.0)) or None
+        common = dict(prediction=self.prediction, cond=cond, guidance_scale=guidance, clip_x0=clip,
+                      return_trajectory=return_trajectory, uncond=uncond)
+        if d.get("sampler", "ddim") == "ddpm":
+            return samplers.ddpm_sample(self.denoise_fn(variables), self.schedule, shape, rng, **common)
+        return samplers.ddim_sample(self.denoise_fn(variables), self.schedule, shape, rng,
+                                    num_steps=int(num_steps or d.get("sample_steps", 50)),
+                                    eta=float(d.get("eta", 0.0)), **common)
+
+    @functools.cached_property
+    def jitted_sample(self):
+        """`sample` compiled once per shape: (variables, rng, cond) -> samples."""
+        return jax.jit(self.sample, static_argnames=("shape", "num_steps", "return_trajectory"))

@@ -1,0 +1,42 @@
+"""Train (or resume) an experiment.
+
+    python -m jaxdiff.train --config configs/NAME.py [--workdir DIR] [--config.a.b=value ...]
+
+Re-running the same command resumes from the latest checkpoint in DIR. Bad input (unknown config key,
+missing data folder, corrupt file) prints one `error:` line and exits with status 2.
+"""
+from __future__ import annotations
+
+import json
+import os
+import sys
+
+from jaxdiff import config as config_lib
+from jaxdiff.errors import cli_errors
+
+
+def _flags(fv):
+    from absl import flags
+    flags.DEFINE_string("workdir", None, "Work directory (default runs/<config name>).", flag_values=fv)
+    flags.DEFINE_bool("quiet", False, "No progress bar.", flag_values=fv)
+    flags.DEFINE_bool("distributed", False, "Call jax.distributed.initialize() first (multi-host).",
+                      flag_values=fv)
+
+
+def main(argv=None) -> int:
+    argv = list(sys.argv if argv is None else argv)
+    with cli_errors():
+        config, fv = config_lib.parse(argv, _flags)
+        if fv.distributed:
+            import jax
+            jax.distributed.initialize()
+        from jaxdiff.training import loop
+        cfg_name = os.path.splitext(os.path.basename(fv["config"].config_filename))[0]
+        workdir = fv.workdir or os.path.join("runs", cfg_name)
+        report = loop.train(config, workdir, quiet=fv.quiet)
+        print(json.dumps(report, default=float))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

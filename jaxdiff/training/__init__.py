@@ -1,0 +1,1 @@
+"""The shared training machinery: train state, optimiser, sharded step, checkpoints and the loop."""

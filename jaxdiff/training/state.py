@@ -1,0 +1,85 @@
+"""Train state and optimiser.
+
+`TrainState` is one pytree holding everything a run needs to continue: step, parameters, optimiser state,
+EMA parameters, non-parameter model collections (BatchNorm statistics) and the non-finite counters.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import optax
+from flax import struct
+
+from jaxdiff.errors import InputError
+
+
+@struct.dataclass
+class TrainState:
+    """All mutable training state. `tx` is static (not a pytree leaf).
+
+    Attributes:
+      step: int32 scalar, number of applied (or skipped) updates.
+      params: float32 parameter pytree.
+      opt_state: optax state.
+      ema_params: exponential moving average of `params` (same tree), used for sampling and evaluation.
+      model_state: non-trainable collections, e.g. {"batch_stats": ...}; {} when the model has none.
+      skipped: int32 scalar, total updates skipped because the loss or gradients were not finite.
+      bad_streak: int32 scalar, consecutive skipped updates (reset by a finite one).
+    """
+
+    step: jax.Array
+    params: Any
+    opt_state: Any
+    ema_params: Any
+    model_state: Any
+    skipped: jax.Array
+    bad_streak: jax.Array
+    tx: optax.GradientTransformation = struct.field(pytree_node=False)
+
+    @classmethod
+    def create(cls, variables: dict, tx: optax.GradientTransformation) -> "TrainState":
+        """Build a state from `model.init` variables ({"params": ..., other collections ...})."""
+        params = variables["params"]
+        model_state = {k: v for k, v in variables.items() if k != "params"}
+        zero = jnp.zeros((), jnp.int32)
+        return cls(step=zero, params=params, opt_state=tx.init(params),
+                   ema_params=jax.tree.map(jnp.copy, params), model_state=model_state,
+                   skipped=zero, bad_streak=zero, tx=tx)
+
+    def variables(self, ema: bool = True) -> dict:
+        """Variables for `model.apply` in evaluation: EMA (default) or raw parameters plus model state."""
+        return {"params": self.ema_params if ema else self.params, **self.model_state}
+
+
+def learning_rate_schedule(train_cfg) -> optax.Schedule:
+    """Linear warmup to `train.lr` over `train.warmup_steps`, then cosine decay to `lr * train.final_lr_fraction`
+    at `train.steps` (`train.lr_schedule="constant"` keeps lr after warmup)."""
+    lr, warmup, steps = float(train_cfg.lr), int(train_cfg.get("warmup_steps", 0)), int(train_cfg.steps)
+    kind = train_cfg.get("lr_schedule", "cosine")
+    if kind == "constant":
+        return optax.join_schedules([optax.linear_schedule(0.0, lr, max(warmup, 1)), optax.constant_schedule(lr)],
+                                    [max(warmup, 1)]) if warmup else optax.constant_schedule(lr)
+    if kind != "cosine":
+        raise InputError(f"config key train.lr_schedule: unknown {kind!r} (cosine or constant)")
+    return optax.warmup_cosine_decay_schedule(0.0 if warmup else lr, lr, warmup, max(steps, warmup + 1),
+                                              end_value=lr * float(train_cfg.get("final_lr_fraction", 0.0)))
+
+
+def make_optimizer(train_cfg) -> optax.GradientTransformation:
+    """Optimiser from `train.optimizer` (adamw | adam | sgd), with global-norm clipping `train.grad_clip` (0: off)."""
+    sched = learning_rate_schedule(train_cfg)
+    name = train_cfg.get("optimizer", "adamw")
+    wd = float(train_cfg.get("weight_decay", 0.0))
+    b1, b2 = float(train_cfg.get("b1", 0.9)), float(train_cfg.get("b2", 0.999))
+    if name == "adamw":
+        opt = optax.adamw(sched, b1=b1, b2=b2, weight_decay=wd)
+    elif name == "adam":
+        opt = optax.adam(sched, b1=b1, b2=b2)
+    elif name == "sgd":
+        opt = optax.sgd(sched, momentum=float(train_cfg.get("momentum", 0.9)))
+    else:
+        raise InputError(f"config key train.optimizer: unknown {name!r} (adamw, adam or sgd)")
+    clip = float(train_cfg.get("grad_clip", 0.0))
+    return optax.chain(optax.clip_by_global_norm(clip), opt) if clip > 0 else opt

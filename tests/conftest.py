@@ -1,0 +1,27 @@
+"""Shared test helpers: tiny configs and a subprocess runner for multi-device / CLI tests."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def run_python(args, devices: int | None = None, timeout: int = 600, cwd: str | None = None,
+               env_extra: dict | None = None) -> subprocess.CompletedProcess:
+    """Run `python args...` in a fresh process (optionally with N virtual CPU devices); capture output."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = REPO + os.pathsep + env.get("PYTHONPATH", "")
+    if devices:
+        env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
+    env.update(env_extra or {})
+    return subprocess.run([sys.executable, *args], capture_output=True, text=True, timeout=timeout,
+                          cwd=cwd or REPO, env=env)
+
+
+@pytest.fixture
+def repo():
+    return REPO
