@@ -19,7 +19,8 @@ def _flags(fv):
     from absl import flags
     flags.DEFINE_string("workdir", None, "Work directory (default runs/<config name>).", flag_values=fv)
     flags.DEFINE_bool("quiet", False, "No progress bar.", flag_values=fv)
-    flags.DEFINE_bool("distributed", False, "Call jax.distributed.initialize() first (multi-host).",
+    flags.DEFINE_bool("distributed", False, "Join a multi-host run first (jax.distributed.initialize; auto on TPU "
+                      "VMs and SLURM, else JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES, JAX_PROCESS_ID).",
                       flag_values=fv)
 
 
@@ -28,8 +29,8 @@ def main(argv=None) -> int:
     with cli_errors():
         config, fv = config_lib.parse(argv, _flags)
         if fv.distributed:
-            import jax
-            jax.distributed.initialize()
+            from jaxdiff.training import distributed
+            distributed.initialize()
         from jaxdiff.training import loop
         cfg_name = os.path.splitext(os.path.basename(fv["config"].config_filename))[0]
         workdir = fv.workdir or os.path.join("runs", cfg_name)

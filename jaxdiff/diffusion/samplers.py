@@ -1,0 +1,149 @@
+"""Reverse-process samplers: each runs its whole chain in one `jax.lax.scan`.
+
+A sampler takes a plain function, not a model:
+
+    denoise_fn(x_t, t, cond) -> prediction
+        x_t (B, ...) float32, t (B,) int32 schedule indices, cond any pytree with leading axis B (or None);
+        the prediction (B, ...) is eps, x0 or v, as named by `prediction=`.
+
+so any callable, including an analytic one, can be sampled. The step timesteps are precomputed
+(static NumPy constants from T and num_steps) and scanned over together with one PRNG key per step.
+Both samplers are jit-able with `shape` (and `num_steps`, `return_trajectory`) static, e.g.
+`jax.jit(functools.partial(ddim_sample, fn, shape=(8, 32, 32, 1), num_steps=50))(sched=sched, key=key)`.
+
+Classifier-free guidance (`guidance_scale` not None and `cond` not None): the denoiser is called once
+per step on the batch [cond; uncond] (2B examples) and pred = pred_uncond + s (pred_cond - pred_uncond);
+s = 1 is the conditional model, s = 0 the unconditional one.
+"""
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxdiff.diffusion import gaussian
+from jaxdiff.diffusion.schedules import Schedule
+from jaxdiff.errors import InputError
+
+VARIANCES = ("beta", "posterior")
+SPACINGS = ("uniform", "quadratic")
+
+
+def ddim_timesteps(num_timesteps: int, num_steps: int, spacing: str = "uniform") -> np.ndarray:
+    """Ascending int32 timesteps (num_steps,) a DDIM chain visits, in [0, T).
+
+    uniform: round(linspace(0, T - 1, n)) (e.g. linspace(0, 999, 50)); quadratic: the DDIM paper's
+    floor(linspace(0, sqrt(0.8 T), n)^2), denser near t = 0 (may repeat a step when n is large vs T;
+    a repeated step is an identity step).
+    """
+    if spacing not in SPACINGS:
+        raise InputError(f"diffusion.spacing: {spacing!r} is not one of {', '.join(SPACINGS)}")
+    if not 2 <= num_steps <= num_timesteps:
+        raise InputError(f"diffusion.sample_steps: {num_steps} is not in [2, num_timesteps={num_timesteps}]")
+    if spacing == "uniform":
+        steps = np.round(np.linspace(0, num_timesteps - 1, num_steps))
+    else:
+        steps = np.floor(np.linspace(0, np.sqrt(0.8 * num_timesteps), num_steps) ** 2)
+    return steps.astype(np.int32)
+
+
+def _guided_prediction(denoise_fn, x, t, cond, uncond, guidance_scale):
+    """denoise_fn output (B, ...), with classifier-free guidance in one call on 2B examples if asked."""
+    if guidance_scale is None or cond is None:
+        return denoise_fn(x, t, cond)
+    if uncond is None:
+        uncond = jax.tree.map(jnp.zeros_like, cond)
+    both = jax.tree.map(lambda c, u: jnp.concatenate([c, u], axis=0), cond, uncond)
+    pred = denoise_fn(jnp.concatenate([x, x], axis=0), jnp.concatenate([t, t], axis=0), both)
+    pred_cond, pred_uncond = jnp.split(pred, 2, axis=0)
+    return pred_uncond + guidance_scale * (pred_cond - pred_uncond)
+
+
+def _predict_x0_eps(denoise_fn, sched, x, step, prediction, cond, uncond, guidance_scale, clip_x0):
+    """At scalar timestep `step`: (t (B,), x0_hat (B, ...), eps_hat (B, ...)); eps is re-derived from
+    the clipped x0 when clip_x0 is a bound."""
+    t = jnp.full((x.shape[0],), step, jnp.int32)
+    pred = _guided_prediction(denoise_fn, x, t, cond, uncond, guidance_scale)
+    x0, eps = gaussian.to_x0_eps(sched, x, t, pred, prediction)
+    if clip_x0 is not None:
+        x0 = jnp.clip(x0, -clip_x0, clip_x0)
+        eps = gaussian.x0_to_eps(sched, x, t, x0)
+    return t, x0, eps
+
+
+def _run_chain(step_fn, key, shape, x_T, xs, return_trajectory, return_pred_x0):
+    """Scan `step_fn(x, xs_i, key_i) -> (x_next, x0_hat)` over xs (leading axis n) from x_T (or N(0, I)).
+
+    Returns x (shape) or, with return_trajectory, (x, traj) / (x, traj, pred_x0_traj), each (n, *shape).
+    """
+    init_key, steps_key = jax.random.split(key)
+    x = jax.random.normal(init_key, shape, jnp.float32) if x_T is None else jnp.asarray(x_T, jnp.float32)
+    n = jax.tree.leaves(xs)[0].shape[0]
+
+    def body(x, scanned):
+        xs_i, key_i = scanned
+        x_next, x0 = step_fn(x, xs_i, key_i)
+        x_next = x_next.astype(jnp.float32)
+        return x_next, ((x_next, x0) if return_trajectory else None)
+
+    x, ys = jax.lax.scan(body, x, (xs, jax.random.split(steps_key, n)))
+    if not return_trajectory:
+        return x
+    return (x, *ys) if return_pred_x0 else (x, ys[0])
+
+
+def ddpm_sample(denoise_fn, sched: Schedule, shape: tuple, key, prediction: str = "eps", cond=None,
+                guidance_scale=None, variance: str = "beta", clip_x0: float | None = None,
+                return_trajectory: bool = False, uncond=None, x_T=None, return_pred_x0: bool = False):
+    """Ancestral sampling (Ho et al. 2020) over all T steps, t = T-1 .. 0, in one lax.scan.
+
+    x_{t-1} = posterior_mean(x0_hat, x_t) + sigma_t z with sigma_t^2 = beta_t ("beta") or the posterior
+    variance ("posterior"); no noise is added at t = 0.
+    shape: (B, ...) of the samples; key: PRNG key (x_T and per-step noise); cond / uncond: pytrees with
+    leading axis B; guidance_scale: None (off) or s; clip_x0: None or a bound c, x0_hat clipped to
+    [-c, c]; x_T: optional start (B, ...) instead of N(0, I).
+    Returns x0 (shape) or, with return_trajectory, (x0, traj) with traj (T, *shape) the x_t after each
+    step (and, with return_pred_x0, the predicted x0 after each step (T, *shape) as a third element).
+    """
+    if variance not in VARIANCES:
+        raise InputError(f"diffusion.variance: {variance!r} is not one of {', '.join(VARIANCES)}")
+    var = sched.betas if variance == "beta" else sched.posterior_variance
+
+    def step(x, step_t, key):
+        t, x0, _ = _predict_x0_eps(denoise_fn, sched, x, step_t, prediction, cond, uncond, guidance_scale, clip_x0)
+        mean, _, _ = gaussian.q_posterior_mean_variance(sched, x0, x, t)
+        sigma = jnp.where(step_t > 0, jnp.sqrt(var[step_t]), 0.0)
+        return mean + sigma * jax.random.normal(key, x.shape, jnp.float32), x0
+
+    steps = jnp.arange(sched.num_timesteps - 1, -1, -1, dtype=jnp.int32)
+    return _run_chain(step, key, shape, x_T, steps, return_trajectory, return_pred_x0)
+
+
+def ddim_sample(denoise_fn, sched: Schedule, shape: tuple, key, num_steps: int = 50, eta=0.0,
+                prediction: str = "eps", cond=None, guidance_scale=None, spacing: str = "uniform",
+                clip_x0: float | None = None, return_trajectory: bool = False, uncond=None, x_T=None,
+                return_pred_x0: bool = False):
+    """DDIM (Song et al. 2021) over `ddim_timesteps(T, num_steps, spacing)` in descending order, one lax.scan.
+
+    With a = abar_t and a' = abar_{t_prev} (a' = 1 after the last step):
+    sigma = eta sqrt((1 - a') / (1 - a) (1 - a / a')),
+    x_prev = sqrt(a') x0_hat + sqrt(1 - a' - sigma^2) eps_hat + sigma z.
+    eta = 0 is deterministic given x_T; eta = 1 matches DDPM's posterior variance.
+    Other arguments as in `ddpm_sample`. Returns x0 (shape) or, with return_trajectory, (x0, traj) with
+    traj (num_steps, *shape) (plus the predicted x0 per step with return_pred_x0).
+    """
+    ts = ddim_timesteps(sched.num_timesteps, num_steps, spacing)[::-1]
+    prev = np.append(ts[1:], -1).astype(np.int32)
+
+    def step(x, ts_i, key):
+        step_t, prev_t = ts_i
+        _, x0, eps = _predict_x0_eps(denoise_fn, sched, x, step_t, prediction, cond, uncond, guidance_scale, clip_x0)
+        a = sched.alphas_cumprod[step_t]
+        a_prev = jnp.where(prev_t >= 0, sched.alphas_cumprod[jnp.maximum(prev_t, 0)], 1.0)
+        sigma = eta * jnp.sqrt((1.0 - a_prev) / (1.0 - a) * (1.0 - a / a_prev))
+        dir_coef = jnp.sqrt(jnp.maximum(1.0 - a_prev - sigma ** 2, 0.0))
+        x_prev = jnp.sqrt(a_prev) * x0 + dir_coef * eps + sigma * jax.random.normal(key, x.shape, jnp.float32)
+        return x_prev, x0
+
+    xs = (jnp.asarray(ts.copy()), jnp.asarray(prev))
+    return _run_chain(step, key, shape, x_T, xs, return_trajectory, return_pred_x0)
