@@ -73,11 +73,11 @@ def to_json(config) -> str:
 
 def from_json_file(path: str) -> ml_collections.ConfigDict:
     """Read a `config.json` written by `train` back into a ConfigDict (JSON lists become tuples)."""
-    if not os.path.isfile(path):
+    from jaxdiff.io import files
+    if not files.path(path).is_file():
         raise InputError(f"{path}: not found (is this a jaxdiff work directory?)")
     try:
-        with open(path) as f:
-            raw = json.load(f)
+        raw = json.loads(files.path(path).read_text())
     except json.JSONDecodeError as e:
         raise InputError(f"{path}: not valid JSON ({e.msg} at line {e.lineno})") from None
 

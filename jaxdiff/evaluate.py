@@ -30,6 +30,7 @@ def main(argv=None) -> int:
         _, fv = config_lib.parse(argv, _flags, require_config=False)
         import jax
         from jaxdiff import data
+        from jaxdiff.io import files
         from jaxdiff.training.checkpoint import load_for_inference
         config, task, state = load_for_inference(fv.workdir)
         if not hasattr(task, "evaluate"):
@@ -39,8 +40,7 @@ def main(argv=None) -> int:
         result = task.evaluate(state, source, out_dir, jax.random.PRNGKey(fv.seed), num=fv.num or None,
                                num_steps=fv.steps or None)
         result = {"split": fv.split, "step": int(jax.device_get(state.step)), **result}
-        with open(os.path.join(out_dir, "metrics.json"), "w") as f:
-            json.dump(result, f, indent=2, default=float)
+        files.write_text(os.path.join(out_dir, "metrics.json"), json.dumps(result, indent=2, default=float))
         print(json.dumps(result, default=float))
     return 0
 

@@ -6,18 +6,18 @@ Every process calls `save` and `restore` (multi-host safe); each process saves i
 """
 from __future__ import annotations
 
-import os
-
 import grain
 import jax
 import orbax.checkpoint as ocp
+
+from jaxdiff.io import files
 
 
 class Checkpointer:
     """Save every `every` steps (and on demand), keep the newest `keep`."""
 
     def __init__(self, workdir: str, every: int, keep: int = 3, async_save: bool = True):
-        self.directory = os.path.join(os.path.abspath(workdir), "checkpoints")
+        self.directory = files.path(workdir) / "checkpoints"
         options = ocp.CheckpointManagerOptions(max_to_keep=keep, save_interval_steps=max(int(every), 1),
                                                enable_async_checkpointing=async_save, create=True)
         self.manager = ocp.CheckpointManager(self.directory, options=options, item_names=("state", "data"))
@@ -65,10 +65,10 @@ def load_for_inference(workdir: str):
     from jaxdiff.training import sharding as shd
     from jaxdiff.training.state import TrainState, make_optimizer
 
-    config = config_lib.from_json_file(os.path.join(workdir, "config.json"))
+    config = config_lib.from_json_file(str(files.path(workdir) / "config.json"))
     task = tasks.build(config)
-    ckpt_dir = os.path.join(os.path.abspath(workdir), "checkpoints")
-    if not os.path.isdir(ckpt_dir):
+    ckpt_dir = files.path(workdir) / "checkpoints"
+    if not ckpt_dir.is_dir():
         raise InputError(f"{ckpt_dir}: no checkpoints (train first: python -m jaxdiff.train --workdir {workdir})")
     mesh = shd.make_mesh(config.get("mesh"))
     tx = make_optimizer(config.train)

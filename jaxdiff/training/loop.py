@@ -17,6 +17,7 @@ from tqdm.auto import tqdm
 from jaxdiff import config as config_lib
 from jaxdiff import data, tasks
 from jaxdiff.errors import InputError
+from jaxdiff.io import files
 from jaxdiff.training import sharding as shd
 from jaxdiff.training.checkpoint import Checkpointer
 from jaxdiff.training.state import make_optimizer
@@ -28,23 +29,24 @@ class MetricLogger:
 
     def __init__(self, workdir: str, enabled: bool = True):
         self.enabled = enabled
-        if enabled:
+        self.path = os.path.join(workdir, "metrics.jsonl")
+        self.tb = None
+        if enabled and files.is_local(workdir):  # TensorBoard events for local work directories
             from tensorboardX import SummaryWriter
-            self.path = os.path.join(workdir, "metrics.jsonl")
             self.tb = SummaryWriter(os.path.join(workdir, "tensorboard"))
 
     def write(self, step: int, metrics: dict):
         if not self.enabled:
             return
         scalars = {k: float(v) for k, v in metrics.items()}
-        with open(self.path, "a") as f:
-            f.write(json.dumps({"step": step, **scalars}) + "\n")
-        for k, v in scalars.items():
-            self.tb.add_scalar(f"train/{k}", v, step)
-        self.tb.flush()
+        files.append_line(self.path, json.dumps({"step": step, **scalars}))
+        if self.tb is not None:
+            for k, v in scalars.items():
+                self.tb.add_scalar(f"train/{k}", v, step)
+            self.tb.flush()
 
     def close(self):
-        if self.enabled:
+        if self.tb is not None:
             self.tb.close()
 
 
@@ -94,14 +96,13 @@ def train(config, workdir: str, quiet: bool = False) -> dict:
     example = shd.global_batch(task.example_batch(local_bs), mesh)
     state, state_shardings = init_state(task, make_optimizer(tc), init_rng, example, mesh,
                                         fsdp_min_size=int(config.get("mesh", {}).get("fsdp_min_size", 2 ** 14)))
-    os.makedirs(workdir, exist_ok=True)
+    files.makedirs(workdir)
     ckpt = Checkpointer(workdir, every=int(tc.get("ckpt_every", 1000)), keep=int(tc.get("keep_checkpoints", 3)))
     if ckpt.latest_step() is not None:
         state = ckpt.restore(state, train_iter)
     is_main = jax.process_index() == 0
     if is_main:
-        with open(os.path.join(workdir, "config.json"), "w") as f:
-            f.write(config_lib.to_json(config))
+        files.write_text(os.path.join(workdir, "config.json"), config_lib.to_json(config))
     step_fn = compile_train_step(task, tc, mesh, state_shardings)
     logger = MetricLogger(workdir, enabled=is_main)
     log_every, max_bad = int(tc.get("log_every", 50)), int(tc.get("max_bad_steps", 20))
@@ -144,6 +145,5 @@ def train(config, workdir: str, quiet: bool = False) -> dict:
     report = task.finalize(state, workdir, val_source, final_rng) if is_main else {}
     report = {"step": int(jax.device_get(state.step)), **timing, **report}
     if is_main:
-        with open(os.path.join(workdir, "report.json"), "w") as f:
-            json.dump(report, f, indent=2, default=float)
+        files.write_text(os.path.join(workdir, "report.json"), json.dumps(report, indent=2, default=float))
     return report

@@ -1,10 +1,10 @@
 """Image grids written as PNG."""
 from __future__ import annotations
 
-import os
-
 import numpy as np
 from PIL import Image
+
+from jaxdiff.io import files
 
 
 def to_uint8(images, value_range=(-1.0, 1.0)) -> np.ndarray:
@@ -33,6 +33,6 @@ def save_grid(images, path: str, ncol: int | None = None, value_range=(-1.0, 1.0
     img = Image.fromarray(grid[..., 0] if grid.shape[-1] == 1 else grid)
     if scale > 1:
         img = img.resize((img.width * scale, img.height * scale), Image.NEAREST)
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    img.save(path)
-    return path
+    with files.open_write(path) as f:
+        img.save(f, format="PNG")
+    return str(path)

@@ -1,0 +1,137 @@
+"""grain input pipelines and the data-source factory used by the entry points.
+
+`make_dataset` turns any random-access source into a deterministic, sharded, shuffled stream of batches
+whose iterator state can be checkpointed (`it.get_state()` / `it.set_state(s)`, or orbax via
+`grain.checkpoint.CheckpointSave(it)`): resuming reproduces exactly the batches an uninterrupted run would
+have seen. `get_source` builds the source named by a config's `data` block.
+"""
+from __future__ import annotations
+
+import inspect
+import os
+
+import grain
+
+from jaxdiff.data.sources import DEFAULT_FRACTIONS, check_split
+from jaxdiff.errors import InputError
+
+_READ_THREADS = 2          # threads computing batches ahead (the machines this targets have few cores)
+_PREFETCH_BATCHES = 2
+
+
+def _is_random(transform) -> bool:
+    """True for a `grain.transforms.RandomMap` or a callable taking (example, rng)."""
+    if isinstance(transform, grain.transforms.RandomMap):
+        return True
+    if isinstance(transform, grain.transforms.Map):
+        return False
+    params = [p for p in inspect.signature(transform).parameters.values()
+              if p.default is p.empty and p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    return len(params) == 2
+
+
+def make_dataset(source, batch_size: int, seed: int = 0, shuffle: bool = True, num_epochs: int | None = None,
+                 shard_index: int | None = None, shard_count: int | None = None, worker_count: int = 0,
+                 transform=None, drop_remainder: bool = True) -> grain.IterDataset:
+    """A grain dataset of batches: `iter(ds)` yields dicts of numpy arrays with a leading batch axis.
+
+    Args:
+      source: random-access source (`__len__`, `__getitem__(i) -> dict of arrays`).
+      batch_size: examples per batch on this process.
+      seed: shuffle and augmentation seed; the stream is a pure function of (source, seed, shard).
+      shuffle: reshuffle every epoch (grain index shuffle, no buffer).
+      num_epochs: None repeats forever.
+      shard_index, shard_count: this process's shard; default `jax.process_index()` / `jax.process_count()`.
+        Shards are disjoint and of equal size (the last `len(source) % shard_count` examples are dropped).
+      worker_count: > 0 computes batches in that many worker processes (the source must be picklable).
+      transform: per-example function `example -> example`, or an augmentation `(example, rng) -> example`
+        (or a `grain.transforms.RandomMap`) receiving a per-example `np.random.Generator` derived from `seed`.
+      drop_remainder: drop a final incomplete batch (finite `num_epochs` only).
+    Returns:
+      A `grain.IterDataset`; its iterators support `get_state()` / `set_state()`.
+    """
+    if shard_index is None or shard_count is None:
+        import jax
+        shard_index, shard_count = jax.process_index(), jax.process_count()
+    if not 0 <= shard_index < shard_count:
+        raise ValueError(f"shard_index {shard_index} not in [0, {shard_count})")
+    per_shard = len(source) // shard_count
+    if per_shard == 0:
+        raise InputError(f"data source: {len(source)} examples cannot be split over {shard_count} processes")
+    ds = grain.MapDataset.source(source)[shard_index:per_shard * shard_count:shard_count].seed(int(seed))
+    if shuffle:
+        ds = ds.shuffle()
+    ds = ds.repeat(num_epochs)
+    if transform is not None:
+        ds = ds.random_map(transform) if _is_random(transform) else ds.map(transform)
+    ds = ds.batch(int(batch_size), drop_remainder=drop_remainder)
+    ds = ds.to_iter_dataset(grain.ReadOptions(num_threads=_READ_THREADS, prefetch_buffer_size=_PREFETCH_BATCHES))
+    if worker_count > 0:
+        from absl import flags
+        if not flags.FLAGS.is_parsed():     # grain reads its absl flags in workers (google/grain#1355)
+            flags.FLAGS.mark_as_parsed()
+        ds = ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=int(worker_count)))
+    return ds
+
+
+def _shape3d(size) -> tuple:
+    """data.image_size as a 3D shape: 32 -> (32, 32, 32); (32, 40, 32) as given."""
+    shape = (int(size),) * 3 if isinstance(size, (int, float)) else tuple(int(n) for n in size)
+    if len(shape) != 3 or min(shape) < 1:
+        raise InputError(f"config key data.image_size: {size!r} is not a positive int or 3D shape")
+    return shape
+
+
+def _fractions(d) -> tuple:
+    fr = tuple(d.get("fractions", DEFAULT_FRACTIONS))
+    if len(fr) != 3:
+        raise InputError(f"config key data.fractions: {fr!r} is not (train, val, test)")
+    return fr
+
+
+def _phantom(d, split: str):
+    from jaxdiff.data.sources.phantom import PhantomSlices
+    return PhantomSlices(split, image_size=int(d.get("image_size", 64)), num_cases=int(d.get("num_cases", 64)),
+                         slices_per_case=int(d.get("slices_per_case", 8)), modality=d.get("modality", "t2"),
+                         seed=int(d.get("seed", 0)), tumour_only=bool(d.get("tumour_only", False)),
+                         tumour_fraction=float(d.get("tumour_fraction", 0.8)), fractions=_fractions(d))
+
+
+def _phantom3d(d, split: str):
+    from jaxdiff.data.sources.phantom import PhantomVolumes
+    return PhantomVolumes(split, shape=_shape3d(d.get("image_size", 32)), num_cases=int(d.get("num_cases", 64)),
+                          modality=d.get("modality", "t1"), seed=int(d.get("seed", 0)),
+                          tumour_fraction=float(d.get("tumour_fraction", 0.8)), fractions=_fractions(d))
+
+
+def _brats(d, split: str):
+    from jaxdiff.data.sources.brats import BratsSlices
+    root = str(d.get("root", "") or "")
+    if not root or not os.path.isdir(root):
+        raise InputError(f"config key data.root: BraTS folder {root!r} not found")
+    slices = d.get("slices", None)
+    return BratsSlices(root, split, modalities=d.get("modality", "t2"), image_size=int(d.get("image_size", 240)),
+                       slice_indices=list(slices) if slices else None, normalise=d.get("normalise", "volume_max"),
+                       seed=int(d.get("seed", 42)), fractions=_fractions(d))
+
+
+SOURCES = {"phantom": _phantom, "phantom3d": _phantom3d, "brats": _brats}
+
+
+def get_source(data_config, split: str):
+    """The random-access source for `split` ("train", "val", "test") described by a config `data` block.
+
+    Keys (all optional but `source`): source ("phantom": 2D slices, "phantom3d": volumes, "brats": BraTS
+    slices from `root`), image_size, modality ("t2", "t1,t2", ...), seed, num_cases, slices_per_case,
+    tumour_only, tumour_fraction, fractions, root, slices, normalise, channels (checked against the number
+    of modalities). Bad values raise InputError naming the `data.*` key.
+    """
+    name = data_config.get("source", None)
+    if name not in SOURCES:
+        raise InputError(f"config key data.source: {name!r} is not one of {', '.join(SOURCES)}")
+    source = SOURCES[name](data_config, check_split(split))
+    channels, modalities = data_config.get("channels", None), getattr(source, "modalities", None)
+    if channels is not None and modalities is not None and int(channels) != len(modalities):
+        raise InputError(f"config key data.channels: {channels} but data.modality gives "
+                         f"{len(modalities)} channel(s) {modalities}")
+    return source

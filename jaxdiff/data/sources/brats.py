@@ -1,0 +1,122 @@
+"""BraTS on disk: `<root>/<case>/<case>_{t1,t1ce,t2,flair,seg}.nii.gz` (or `.nii`), read in RAS.
+
+Every sub-folder of `root` is a case. Files are checked lazily: a case is read, and its modalities validated
+(present, readable, finite, same 3D shape and affine, integer seg), the first time one of its slices is asked
+for; any problem raises an InputError naming the file. Labels follow BraTS (1 necrotic core, 2 oedema,
+4 enhancing tumour; 3 in BraTS 2023); the mask is the whole tumour, seg > 0.
+"""
+from __future__ import annotations
+
+import functools
+import os
+
+import numpy as np
+
+from jaxdiff.data.sources import DEFAULT_FRACTIONS, NORMALISATIONS, axial_slices, check_split, \
+    normalise as normalise_volume, parse_modalities, split_cases
+from jaxdiff.errors import InputError
+from jaxdiff.io.nifti import load_nifti, nifti_shape
+
+MODALITIES = ("t1", "t1ce", "t2", "flair")
+
+__all__ = ["MODALITIES", "BratsSlices", "case_file", "list_cases", "load_case", "split_cases"]
+
+
+def list_cases(root: str) -> list[str]:
+    """Sorted case folder names under `root`; InputError naming `root` if it is missing or has none."""
+    if not os.path.isdir(root):
+        raise InputError(f"{root}: BraTS folder not found")
+    cases = sorted(d for d in os.listdir(root) if os.path.isdir(os.path.join(root, d)) and not d.startswith("."))
+    if not cases:
+        raise InputError(f"{root}: no case folders (expected <root>/<case>/<case>_t2.nii.gz ...)")
+    return cases
+
+
+def case_file(root: str, case: str, name: str) -> str:
+    """Path of `<root>/<case>/<case>_<name>.nii.gz` (or `.nii`); InputError naming it when absent."""
+    stem = os.path.join(root, case, f"{case}_{name}")
+    for ext in (".nii.gz", ".nii"):
+        if os.path.isfile(stem + ext):
+            return stem + ext
+    raise InputError(f"{stem}.nii.gz: missing BraTS file ({name} of case {case})")
+
+
+def load_case(root: str, case: str, modalities: tuple) -> dict:
+    """Read and validate one case.
+
+    Returns:
+      {"volumes": [C arrays (X, Y, Z) float32, in `modalities` order], "seg": (X, Y, Z) int16,
+       "affine": (4, 4) float64}, RAS.
+    """
+    paths = [case_file(root, case, m) for m in (*modalities, "seg")]
+    arrays, affine = [], None
+    for path in paths:
+        data, aff = load_nifti(path)
+        if data.ndim == 4 and data.shape[-1] == 1:
+            data = data[..., 0]
+        if data.ndim != 3:
+            raise InputError(f"{path}: expected a 3D volume, got shape {data.shape}")
+        if arrays and data.shape != arrays[0].shape:
+            raise InputError(f"{path}: shape {data.shape} differs from {paths[0]} {arrays[0].shape}")
+        if affine is not None and not np.allclose(aff, affine, atol=1e-3):
+            raise InputError(f"{path}: affine differs from {paths[0]} (modalities not co-registered)")
+        arrays.append(data)
+        affine = aff
+    seg = arrays.pop()
+    if not np.all(seg == np.round(seg)):
+        raise InputError(f"{paths[-1]}: segmentation has non-integer values")
+    return {"volumes": arrays, "seg": seg.astype(np.int16), "affine": affine}
+
+
+@functools.lru_cache(maxsize=512)
+def _slice_stack(root, case, modalities, slices, image_size, method):
+    """(images (N, S, S, C), masks (N, S, S, 1)) of one case's axial `slices`; cached per case (512 cases:
+    with the S0 recipe, 10 slices of 240 x 240, about 2.3 MB per case and modality)."""
+    data = load_case(root, case, modalities)
+    depth = data["seg"].shape[2]
+    bad = [k for k in slices if not 0 <= k < depth]
+    if bad:
+        raise InputError(f"{case_file(root, case, 'seg')}: {depth} axial slices, slice index {bad[0]} out of range")
+    return axial_slices([normalise_volume(v, method) for v in data["volumes"]], data["seg"], slices, image_size)
+
+
+class BratsSlices:
+    """Axial BraTS slices: {"image": (S, S, C) float32 in [-1, 1], "mask": (S, S, 1) float32 {0, 1} (whole
+    tumour), "case": int (position in `list_cases(root)`)}; C = len(modalities), in that order.
+
+    Args:
+      root: folder of case folders.
+      split: "train", "val" or "test": a deterministic case-level split (`split_cases(cases, seed, fractions)`).
+      modalities: names among t1, t1ce, t2, flair (or a "t1,t2" string).
+      image_size: output side S (slices are padded to a square and zoomed; 240 keeps BraTS' native size).
+      slice_indices: axial indices k per case (e.g. the seed S0 recipe `np.linspace(70, 100, 10)`); None
+        takes every slice of the first case's depth (read from its header).
+      normalise: "volume_max" or "zscore", per volume and modality (see `sources.normalise`).
+    """
+
+    def __init__(self, root: str, split: str = "train", modalities=("t2",), image_size: int = 240,
+                 slice_indices=None, normalise: str = "volume_max", seed: int = 42, fractions=DEFAULT_FRACTIONS):
+        self.root = os.fspath(root)
+        self.modalities = parse_modalities(modalities, MODALITIES)
+        all_cases = list_cases(self.root)
+        self.cases = split_cases(all_cases, seed, fractions)[check_split(split)]
+        if not self.cases:
+            raise InputError(f"{self.root}: {len(all_cases)} case folders leave split {split!r} empty")
+        self.case_ids = {c: i for i, c in enumerate(all_cases)}
+        if slice_indices is None:
+            first = case_file(self.root, self.cases[0], self.modalities[0])
+            slice_indices = range(nifti_shape(first)[2])
+        self.slices = tuple(int(round(k)) for k in slice_indices)
+        if not self.slices:
+            raise InputError("config key data.slices: empty list of slice indices")
+        if normalise not in NORMALISATIONS:
+            raise InputError(f"config key data.normalise: {normalise!r} is not one of {', '.join(NORMALISATIONS)}")
+        self.image_size, self.normalise = int(image_size), normalise
+
+    def __len__(self) -> int:
+        return len(self.cases) * len(self.slices)
+
+    def __getitem__(self, idx: int) -> dict:
+        case, slot = self.cases[idx // len(self.slices)], idx % len(self.slices)
+        images, masks = _slice_stack(self.root, case, self.modalities, self.slices, self.image_size, self.normalise)
+        return {"image": images[slot].copy(), "mask": masks[slot].copy(), "case": np.int32(self.case_ids[case])}

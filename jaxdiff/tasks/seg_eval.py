@@ -1,0 +1,41 @@
+"""Evaluation shared by the segmentation tasks: per-case metrics, their means, and overlay figures."""
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+
+from jaxdiff.io import files
+from jaxdiff.metrics import segmentation
+from jaxdiff.viz import overlay
+
+
+def collect(source, num: int | None) -> dict:
+    """Stack the first `num` examples (all if None) of a random-access source into arrays."""
+    n = len(source) if num is None else min(num, len(source))
+    examples = [source[i] for i in range(n)]
+    return {k: np.stack([np.asarray(e[k]) for e in examples]) for k in examples[0]}
+
+
+def report(images, masks, preds, out_dir: str, spacing=(1.0, 1.0), uncertainty=None, num_figures: int = 6,
+           extra: dict | None = None) -> dict:
+    """Per-case metrics of `preds` vs `masks` (N, H, W, 1), their means, overlays of the first cases.
+
+    Writes `<out_dir>/evaluation.json` (means, per-case lists, conventions) and `<out_dir>/overlays.png`.
+    Returns the means (plus `extra`).
+    """
+    truth = np.asarray(masks)[..., 0] > 0.5
+    pred = np.asarray(preds)[..., 0] > 0.5
+    per_case = segmentation.per_case(pred, truth, spacing=spacing)
+    means = segmentation.summarize(per_case)
+    seed = segmentation.seed_batch_metrics(pred, truth)
+    k = min(num_figures, len(pred))
+    titles = [f"Dice {d:.2f}" for d in per_case["dice"][:k]]
+    fig = overlay.segmentation_panel(images[:k], truth[:k], pred[:k], os.path.join(out_dir, "overlays.png"),
+                                     uncertainty=None if uncertainty is None else uncertainty[:k], titles=titles)
+    out = {**means, "num_cases": int(len(pred)), **(extra or {}), "overlays_png": fig}
+    files.write_text(os.path.join(out_dir, "evaluation.json"), json.dumps(
+        {"mean": out, "seed_batch_metrics": seed,
+         "per_case": {k: [float(v) for v in vals] for k, vals in per_case.items()}}, indent=1, default=float))
+    return out
