@@ -79,7 +79,8 @@ def main(argv=None) -> int:
         variables = jax.eval_shape(task.init, jax.random.PRNGKey(0), batch)
         for line in task.summary_lines(variables) if hasattr(task, "summary_lines") else []:
             print(line)
-        rows = table(variables["params"], fv.depth)
+        params = task.counted_params(variables["params"]) if hasattr(task, "counted_params") else variables["params"]
+        rows = table(params, fv.depth)
         width = max(len(r[0]) for r in rows) + 2
         print(f"{'module':<{width}}{'params':>14}")
         for name, n in rows:
@@ -89,7 +90,7 @@ def main(argv=None) -> int:
         if fv.memory:
             for k, v in train_step_memory(task, config).items():
                 print(f"train step {k}: {v / 2 ** 20:.1f} MiB")
-        print(f"params: {count(variables['params'])}")
+        print(f"params: {count(params)}")
     return 0
 
 

@@ -51,11 +51,12 @@ class Task(abc.ABC):
     def apply(self, variables, *args, rng=None, train=False, mutable=False, **kwargs):
         """`model.apply` in the compute dtype; outputs cast back to float32.
 
+        `rng` feeds the "dropout" and "sample" (e.g. VAE reparameterisation) collections.
         With `mutable` (e.g. ["batch_stats"]) returns (outputs, updated collections).
         """
         variables = cast_floating(variables, self.compute_dtype) if self.compute_dtype != jnp.float32 else variables
         args = cast_floating(args, self.compute_dtype) if self.compute_dtype != jnp.float32 else args
-        rngs = {"dropout": rng} if rng is not None else None
+        rngs = {"dropout": rng, "sample": jax.random.fold_in(rng, 1)} if rng is not None else None
         out = self.model.apply(variables, *args, train=train, rngs=rngs, mutable=mutable, **kwargs)
         if mutable:
             out, updates = out
