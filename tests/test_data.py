@@ -92,15 +92,17 @@ def test_phantom_case_deterministic_and_plausible():
     P._plan.cache_clear()
     b = P.make_case(3, seed=1)
     assert a is not b
-    for k in ("t1", "t2", "seg", "affine"):
+    for k in (*P.MODALITIES, "seg", "affine"):
         np.testing.assert_array_equal(a[k], b[k])
     other = P.make_case(4, seed=1)
     assert np.abs(other["t1"] - a["t1"]).mean() > 0.01
     assert a["t1"].shape == a["t2"].shape == a["seg"].shape == P.DEFAULT_SHAPE
     assert a["t1"].dtype == np.float32 and a["seg"].dtype == np.uint8
     np.testing.assert_allclose(np.diag(a["affine"]), [2, 2, 2, 1])
-    for v in (a["t1"], a["t2"]):
-        assert np.all(np.isfinite(v)) and v.min() >= 0 and 0.7 < v.max() < 2.0
+    for m in P.MODALITIES:
+        v = a[m]
+        assert v.shape == P.DEFAULT_SHAPE and v.dtype == np.float32
+        assert np.all(np.isfinite(v)) and v.min() >= 0 and 0.7 < v.max() < 2.0, m
     assert not a["t1"].flags.writeable                          # cached arrays are protected
 
 
@@ -120,12 +122,37 @@ def test_phantom_labels_tumour_fraction_and_contrast():
     assert case["t1"][core].mean() < case["t1"][brain].mean() - 0.1      # core dark in T1
 
 
+def test_phantom_flair_and_t1ce_contrast():
+    seed = 0
+    case = P.make_case([P.has_tumour(i, seed) for i in range(10)].index(True), seed)
+    seg, t2 = case["seg"], case["t2"]
+    assert {1, 2, 4} <= set(np.unique(seg).tolist())
+    normal = (case["brain"] > 0) & (seg == 0)
+    # tissue classes of the normal brain from the (noisy, biased) T2: WM 0.3, GM 0.55, CSF 1.0
+    wm, gm, csf = normal & (t2 < 0.36), normal & (t2 > 0.48) & (t2 < 0.62), normal & (t2 > 0.85)
+    assert min(wm.sum(), gm.sum(), csf.sum()) > 1000
+    flair = case["flair"]
+    assert flair[csf].mean() < flair[wm].mean() - 0.1 < flair[gm].mean() - 0.1   # CSF suppressed, WM < GM
+    assert flair[seg == 2].mean() > flair[normal].mean() + 0.15                   # oedema bright
+    assert flair[seg == 4].mean() > flair[normal].mean() + 0.1                    # tumour bright
+    assert flair[seg == 1].mean() < flair[seg == 2].mean() - 0.1                  # necrosis darker
+    t1, t1ce, rim, nec = case["t1"], case["t1ce"], seg == 4, seg == 1
+    assert t1ce[rim].mean() > t1ce[normal].mean() + 0.1                           # enhancing rim bright
+    assert t1ce[rim].mean() > t1ce[nec].mean() + 0.2                              # necrotic core dark
+    assert t1ce[rim].mean() / t1ce[normal].mean() > 1.2 > 1.0 > t1[rim].mean() / t1[normal].mean()
+    assert t1ce[wm].mean() > t1ce[gm].mean() > t1ce[csf].mean()                   # healthy tissue as in T1
+
+
 def test_phantom_partial_render_matches_whole_volume():
     plan = P._plan(5, 0, P.DEFAULT_SHAPE, P.DEFAULT_VOXEL_MM, 0.8)
     ks = P._choose_slices(plan, 6, tumour_only=False)
     part, whole = P._render(plan, ks), P.make_case(5, 0)
-    for k in ("t1", "t2", "seg"):
+    for k in (*P.MODALITIES, "seg"):
         np.testing.assert_array_equal(part[k], whole[k][:, :, ks])
+    subset = P._render(plan, ks, ("flair", "t1"))                  # contrasts render independently
+    assert set(subset) == {"flair", "t1", "seg", "brain"}
+    for k in ("flair", "t1", "seg"):
+        np.testing.assert_array_equal(subset[k], whole[k][:, :, ks])
 
 
 def test_phantom_slices_splits_shapes_ranges():
@@ -140,6 +167,10 @@ def test_phantom_slices_splits_shapes_ranges():
     assert ex["image"].dtype == np.float32 and -1.0 <= ex["image"].min() and ex["image"].max() <= 1.0
     assert set(np.unique(ex["mask"]).tolist()) <= {0.0, 1.0}
     np.testing.assert_array_equal(src[1]["image"], ex["image"])
+    three = P.PhantomSlices("val", modality="t1,t2,flair", **kw)[1]["image"]
+    flair = P.PhantomSlices("val", modality="flair", **kw)[1]["image"]
+    assert three.shape == (32, 32, 3) and flair.shape == (32, 32, 1)
+    np.testing.assert_array_equal(three, np.concatenate([ex["image"], flair], axis=-1))   # channel order
     only = P.PhantomSlices("train", tumour_only=True, **kw)
     assert all(P.has_tumour(c, 3) for c in only.cases)
     with_mask = np.mean([only[i]["mask"].any() for i in range(len(only))])
@@ -156,6 +187,10 @@ def test_phantom_volumes_affine_follows_resampling():
     centre_small = ex["affine"] @ [7.5, 7.5, 7.5, 1]
     np.testing.assert_allclose(centre_small, centre_full, atol=1e-3)       # same field of view
     np.testing.assert_allclose(np.diag(ex["affine"])[:3], 2.0 * np.asarray(P.DEFAULT_SHAPE) / 16, rtol=1e-6)
+    multi = P.PhantomVolumes("test", shape=(16, 16, 16), num_cases=10, modality="t1ce,t1")[0]
+    assert multi["image"].shape == (16, 16, 16, 2)
+    np.testing.assert_array_equal(multi["image"][..., 1:], ex["image"])
+    assert np.abs(multi["image"][..., 0] - ex["image"][..., 0]).mean() > 0.005   # own noise and bias
 
 
 def test_split_cases_deterministic_disjoint():

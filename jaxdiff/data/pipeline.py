@@ -3,7 +3,8 @@
 `make_dataset` turns any random-access source into a deterministic, sharded, shuffled stream of batches
 whose iterator state can be checkpointed (`it.get_state()` / `it.set_state(s)`, or orbax via
 `grain.checkpoint.CheckpointSave(it)`): resuming reproduces exactly the batches an uninterrupted run would
-have seen. `get_source` builds the source named by a config's `data` block.
+have seen. `get_source` builds the source named by a config's `data` block, with its preprocessing applied;
+`train_transform` is the training augmentation to pass to `make_dataset(transform=...)`.
 """
 from __future__ import annotations
 
@@ -11,8 +12,10 @@ import inspect
 import os
 
 import grain
+import numpy as np
 
-from jaxdiff.data.sources import DEFAULT_FRACTIONS, check_split
+from jaxdiff.data import transforms
+from jaxdiff.data.sources import DEFAULT_FRACTIONS, SPLITS, check_split
 from jaxdiff.errors import InputError
 
 _READ_THREADS = 2          # threads computing batches ahead (the machines this targets have few cores)
@@ -82,7 +85,21 @@ def _shape3d(size) -> tuple:
     return shape
 
 
+def _case_split(d) -> str:
+    """data.split: "random" (seeded, by data.fractions) or "seed_s0" (the seed S0 case split)."""
+    from jaxdiff.data.sources.brats import CASE_SPLITS
+    name = d.get("split", "random")
+    if name not in CASE_SPLITS:
+        raise InputError(f"config key data.split: {name!r} is not one of {', '.join(CASE_SPLITS)}")
+    return name
+
+
 def _fractions(d) -> tuple:
+    """(train, val, test) fractions; with data.split = "seed_s0" the seed's 250 / 73 / 45 proportions (the
+    phantom sources split by fractions; BraTS uses `brats.seed_s0_split` itself)."""
+    if _case_split(d) == "seed_s0":
+        from jaxdiff.data.sources.brats import SEED_S0_CASES
+        return SEED_S0_CASES
     fr = tuple(d.get("fractions", DEFAULT_FRACTIONS))
     if len(fr) != 3:
         raise InputError(f"config key data.fractions: {fr!r} is not (train, val, test)")
@@ -111,11 +128,44 @@ def _brats(d, split: str):
         raise InputError(f"config key data.root: BraTS folder {root!r} not found")
     slices = d.get("slices", None)
     return BratsSlices(root, split, modalities=d.get("modality", "t2"), image_size=int(d.get("image_size", 240)),
-                       slice_indices=list(slices) if slices else None, normalise=d.get("normalise", "volume_max"),
-                       seed=int(d.get("seed", 42)), fractions=_fractions(d))
+                       slice_indices=(slices if isinstance(slices, str) else list(slices)) if slices else None,
+                       normalise=d.get("normalise", "volume_max"), seed=int(d.get("seed", 42)),
+                       fractions=_fractions(d), case_split=_case_split(d))
 
 
 SOURCES = {"phantom": _phantom, "phantom3d": _phantom3d, "brats": _brats}
+
+
+class TransformedSource:
+    """A random-access source whose examples pass through `transform(example)` and then, if given,
+    `augment(example, rng)` with `rng = np.random.default_rng((*seed, idx))`: a fixed draw per index.
+    Picklable when `source` and the transforms are; other attributes are those of `source`.
+    """
+
+    def __init__(self, source, transform=None, augment=None, seed: tuple = (0,)):
+        self.source, self.transform, self.augment, self.seed = source, transform, augment, tuple(seed)
+
+    def __len__(self) -> int:
+        return len(self.source)
+
+    def __getitem__(self, idx: int) -> dict:
+        example = self.source[idx]
+        if self.transform is not None:
+            example = self.transform(example)
+        if self.augment is not None:
+            example = self.augment(example, np.random.default_rng((*self.seed, int(idx))))
+        return example
+
+    def __getattr__(self, name):
+        if name.startswith("__") or name == "source":       # not yet set while unpickling
+            raise AttributeError(name)
+        return getattr(self.source, name)
+
+
+def train_transform(data_config):
+    """The training augmentation `(example, rng) -> example` for `make_dataset(transform=...)`, or None
+    (`data.augment`, see `transforms.from_config`)."""
+    return transforms.from_config(data_config)[1]
 
 
 def get_source(data_config, split: str):
@@ -123,8 +173,14 @@ def get_source(data_config, split: str):
 
     Keys (all optional but `source`): source ("phantom": 2D slices, "phantom3d": volumes, "brats": BraTS
     slices from `root`), image_size, modality ("t2", "t1,t2", ...), seed, num_cases, slices_per_case,
-    tumour_only, tumour_fraction, fractions, root, slices, normalise, channels (checked against the number
-    of modalities). Bad values raise InputError naming the `data.*` key.
+    tumour_only, tumour_fraction, fractions, split ("random" or "seed_s0"), root, slices (indices or
+    "seed_s0"), normalise, channels (checked against the number of modalities), clahe, augment,
+    faithful_augment_test. Bad values raise InputError naming the `data.*` key.
+
+    `data.clahe` applies `transforms.clahe` to every split. The training augmentation (`data.augment`) is not
+    applied here but by `make_dataset(transform=train_transform(data_config))`; with
+    `data.faithful_augment_test` (the seed S0 bug) val and test examples are augmented too, each index with
+    a fixed draw seeded by (data.seed, split, index).
     """
     name = data_config.get("source", None)
     if name not in SOURCES:
@@ -134,4 +190,10 @@ def get_source(data_config, split: str):
     if channels is not None and modalities is not None and int(channels) != len(modalities):
         raise InputError(f"config key data.channels: {channels} but data.modality gives "
                          f"{len(modalities)} channel(s) {modalities}")
-    return source
+    every_split, augment = transforms.from_config(data_config)
+    if split == "train" or not transforms.config_flag(data_config, "faithful_augment_test"):
+        augment = None
+    if every_split is None and augment is None:
+        return source
+    seed = (int(data_config.get("seed", 0)), SPLITS.index(split))
+    return TransformedSource(source, every_split, augment, seed=seed)

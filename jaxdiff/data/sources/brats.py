@@ -19,7 +19,12 @@ from jaxdiff.io.nifti import load_nifti, nifti_shape
 
 MODALITIES = ("t1", "t1ce", "t2", "flair")
 
-__all__ = ["MODALITIES", "BratsSlices", "case_file", "list_cases", "load_case", "split_cases"]
+CASE_SPLITS = ("random", "seed_s0")
+SEED_S0_CASES = (250, 73, 45)     # train, val, test of the 368 BraTS2020 training cases (seed S0)
+SEED_S0_SLICES = tuple(int(k) for k in np.rint(np.linspace(70, 100, 10)))     # 70, 73, 77, ..., 97, 100
+
+__all__ = ["CASE_SPLITS", "MODALITIES", "SEED_S0_CASES", "SEED_S0_SLICES", "BratsSlices", "case_file",
+           "list_cases", "load_case", "seed_s0_split", "split_cases"]
 
 
 def list_cases(root: str) -> list[str]:
@@ -30,6 +35,35 @@ def list_cases(root: str) -> list[str]:
     if not cases:
         raise InputError(f"{root}: no case folders (expected <root>/<case>/<case>_t2.nii.gz ...)")
     return cases
+
+
+def seed_s0_split(cases) -> dict:
+    """The seed S0 case split: sklearn `train_test_split(cases, test_size=118, random_state=42)`, then the 118
+    held-out cases `train_test_split(held, test_size=45, random_state=42)` into val (73) and test (45).
+
+    On the 368 BraTS2020 training cases this gives train 250 / val 73 / test 45. With another number n of
+    cases the held-out and test counts are scaled by the same fractions, round(n * 118 / 368) and
+    round(held * 45 / 118) (each split keeps at least one case), so the seed's exact cases are only
+    reproduced on the full 368-case folder (listed in sorted order, as `list_cases` does).
+
+    Args:
+      cases: case identifiers, at least 3.
+    Returns:
+      {"train": [...], "val": [...], "test": [...]}, disjoint, each in the input order.
+    """
+    from sklearn.model_selection import train_test_split      # a dependency of nilearn
+    cases = list(cases)
+    n = len(cases)
+    if n < 3:
+        raise InputError(f"config key data.split: 'seed_s0' needs at least 3 cases, got {n}")
+    n_train, n_val, n_test = SEED_S0_CASES
+    n_held = min(max(round(n * (n_val + n_test) / (n_train + n_val + n_test)), 2), n - 1)
+    n_held_test = min(max(round(n_held * n_test / (n_val + n_test)), 1), n_held - 1)
+    train, held = train_test_split(cases, test_size=n_held, random_state=42)
+    val, test = train_test_split(held, test_size=n_held_test, random_state=42)
+    order = {c: i for i, c in enumerate(cases)}
+    return {name: sorted(part, key=order.__getitem__) for name, part in (("train", train), ("val", val),
+                                                                          ("test", test))}
 
 
 def case_file(root: str, case: str, name: str) -> str:
@@ -86,23 +120,35 @@ class BratsSlices:
 
     Args:
       root: folder of case folders.
-      split: "train", "val" or "test": a deterministic case-level split (`split_cases(cases, seed, fractions)`).
+      split: "train", "val" or "test", a deterministic case-level split chosen by `case_split`.
       modalities: names among t1, t1ce, t2, flair (or a "t1,t2" string).
       image_size: output side S (slices are padded to a square and zoomed; 240 keeps BraTS' native size).
-      slice_indices: axial indices k per case (e.g. the seed S0 recipe `np.linspace(70, 100, 10)`); None
-        takes every slice of the first case's depth (read from its header).
-      normalise: "volume_max" or "zscore", per volume and modality (see `sources.normalise`).
+      slice_indices: axial indices k per case (rounded to ints); "seed_s0" is the seed S0 recipe
+        `SEED_S0_SLICES` = linspace(70, 100, 10) rounded; None takes every slice of the first case's depth
+        (read from its header).
+      normalise: "volume_max" (the seed S0 recipe) or "zscore", per volume and modality (see
+        `sources.normalise`).
+      case_split: "random" (`split_cases(cases, seed, fractions)`) or "seed_s0" (`seed_s0_split(cases)`;
+        `seed` and `fractions` are then unused).
     """
 
     def __init__(self, root: str, split: str = "train", modalities=("t2",), image_size: int = 240,
-                 slice_indices=None, normalise: str = "volume_max", seed: int = 42, fractions=DEFAULT_FRACTIONS):
+                 slice_indices=None, normalise: str = "volume_max", seed: int = 42, fractions=DEFAULT_FRACTIONS,
+                 case_split: str = "random"):
         self.root = os.fspath(root)
         self.modalities = parse_modalities(modalities, MODALITIES)
         all_cases = list_cases(self.root)
-        self.cases = split_cases(all_cases, seed, fractions)[check_split(split)]
+        if case_split not in CASE_SPLITS:
+            raise InputError(f"config key data.split: {case_split!r} is not one of {', '.join(CASE_SPLITS)}")
+        parts = seed_s0_split(all_cases) if case_split == "seed_s0" else split_cases(all_cases, seed, fractions)
+        self.cases = parts[check_split(split)]
         if not self.cases:
             raise InputError(f"{self.root}: {len(all_cases)} case folders leave split {split!r} empty")
         self.case_ids = {c: i for i, c in enumerate(all_cases)}
+        if isinstance(slice_indices, str):
+            if slice_indices != "seed_s0":
+                raise InputError(f"config key data.slices: {slice_indices!r} is not 'seed_s0' or a list of indices")
+            slice_indices = SEED_S0_SLICES
         if slice_indices is None:
             first = case_file(self.root, self.cases[0], self.modalities[0])
             slice_indices = range(nifti_shape(first)[2])

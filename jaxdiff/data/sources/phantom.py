@@ -6,12 +6,17 @@ are read once per process, pre-filtered and resampled to the phantom voxel size,
 A case (`make_case`) is a subject drawn deterministically from (seed, index):
 - anatomy: the template pulled through a random affine (rotations up to 4 degrees per axis, scale +-5% per
   axis, shift up to 4 mm, about the brain centre) plus a smooth elastic displacement (about 2 mm rms);
-- contrasts: T1-like = the template intensities (WM ~0.9, GM ~0.6, CSF ~0.25); T2-like from the tissue maps
-  (WM 0.3, GM 0.55, CSF 1.0 with CSF = brain mask - GM - WM);
+- contrasts (the four BraTS modalities): T1-like = the template intensities (WM ~0.9, GM ~0.6, CSF ~0.25);
+  T1ce (post-contrast) = the same healthy tissue; T2-like and FLAIR-like from the tissue maps (T2: WM 0.3,
+  GM 0.55, CSF 1.0; FLAIR, fluid suppressed: WM 0.5, GM 0.65, CSF 0.08; CSF = brain mask - GM - WM);
 - a tumour in `tumour_fraction` of the cases (default 0.8): a union of 1-4 random ellipsoids with a smooth
-  radial texture, inside the brain, labelled with the BraTS conventions: 1 necrotic core (T1 dark, T2 very
-  bright), 4 enhancing rim (T1 slightly dark, T2 intermediate), 2 surrounding oedema (T1 darker, T2 bright);
+  radial texture, inside the brain, labelled with the BraTS conventions (table `CONTRASTS`): 1 necrotic core
+  (T1/T1ce dark, T2 very bright, FLAIR intermediate-dark), 4 enhancing rim (T1 slightly dark, T1ce strongly
+  bright, T2 intermediate, FLAIR bright), 2 surrounding oedema (T1/T1ce darker, T2 and FLAIR bright);
 - a smooth multiplicative bias field (up to ~+-20%) per contrast and Rician noise (sigma 1-3% of WM T1).
+  T1/T2 draw their noise from generators seeded [seed, index, 1, z], T1ce/FLAIR from [seed, index, 3, z] and
+  their bias from [seed, index, 4] (not [seed, index, 2, ...]: numpy pads seeds with zeros, so [.., 2, 0]
+  would repeat the slice-choice generator [.., 2]); each contrast renders the same whatever others are asked.
 
 Default grid: (96, 96, 88) voxels of 2 mm (192 x 192 x 176 mm, RAS, centred on the template brain), which
 holds the whole brain with margin. The returned affine is that of the output grid (the same for every case of
@@ -19,9 +24,10 @@ a grid: subjects differ by their deformation, as in data registered to a common 
 calibrated (WM T1 ~0.9), so sources map them to [-1, 1] with one fixed scale (`INTENSITY_SCALE` -> 1).
 
 Speed: a case is first drawn as a cheap plan (all random parameters and the tumour geometry, ~30 ms), then
-rendered; any subset of axial slices renders exactly as in the whole volume (noise is drawn per slice), so
-`PhantomSlices` renders only the slices it serves (~0.08 s per case) while `make_case` renders the whole
-volume (~0.3 s on one CPU core).
+rendered; any subset of axial slices and of contrasts renders exactly as in the whole case (noise is drawn
+per slice), so `PhantomSlices` renders only the slices and contrasts it serves (~0.05 s per case) and
+`PhantomVolumes` only its contrasts, while `make_case` renders all four contrasts of the whole volume (~0.25 s
+on one CPU core; about 0.1 s of it for T1ce/FLAIR).
 """
 from __future__ import annotations
 
@@ -36,9 +42,15 @@ from jaxdiff.errors import InputError
 
 DEFAULT_SHAPE = (96, 96, 88)
 DEFAULT_VOXEL_MM = 2.0
-MODALITIES = ("t1", "t2")
+MODALITIES = ("t1", "t1ce", "t2", "flair")
 INTENSITY_SCALE = 1.25
 T2_WM, T2_GM, T2_CSF = 0.3, 0.55, 1.0
+FLAIR_WM, FLAIR_GM, FLAIR_CSF = 0.5, 0.65, 0.08
+# contrast: (template map, oedema gain, oedema offset, enhancing rim, necrotic core). In the tumour the tissue
+# value v becomes gain * v + offset in oedema; the rim and core values replace it (see `_paint_tumour`).
+CONTRASTS = {"t1": ("t1", 0.72, 0.0, 0.55, 0.22), "t2": ("t2", 0.35, 0.6, 0.62, 0.95),
+             "t1ce": ("t1", 0.72, 0.0, 1.05, 0.22), "flair": ("flair", 0.3, 0.7, 0.8, 0.35)}
+NOISE_GROUPS = (("t1", "t2"), ("t1ce", "flair"))   # group g: noise generators seeded [seed, index, 2g + 1, z]
 ELASTIC_MM = 2.0
 TUMOUR_MARGIN_MM = 15.0
 
@@ -75,7 +87,7 @@ def _field(coeff: np.ndarray, idx, shape) -> np.ndarray:
 
 @functools.lru_cache(maxsize=2)
 def _template(voxel_mm: float) -> dict:
-    """MNI152 T1 and T2-like arrays at `voxel_mm`, their affine, the brain centre (mm) and the
+    """MNI152 T1, T2-like and FLAIR-like arrays at `voxel_mm`, their affine, the brain centre (mm) and the
     world positions (N, 3) mm of candidate tumour centres (>= 15 mm inside the brain, outside CSF)."""
     from nilearn import datasets
 
@@ -84,18 +96,19 @@ def _template(voxel_mm: float) -> dict:
     t1, gm, wm, mask = (img.get_fdata(dtype=np.float32) for img in imgs)
     csf = np.clip(mask - gm - wm, 0.0, 1.0)
     t2 = mask * (T2_WM * wm + T2_GM * gm + T2_CSF * csf)   # >= T2_WM everywhere inside the brain
+    flair = mask * (FLAIR_WM * wm + FLAIR_GM * gm + FLAIR_CSF * csf)
     src_affine = imgs[0].affine
     zooms = np.asarray(imgs[0].header.get_zooms()[:3], dtype=np.float64)
     shape = tuple(int(np.ceil(n * z / voxel_mm)) for n, z in zip(t1.shape, zooms))
     affine = src_affine @ np.diag([*(voxel_mm / zooms), 1.0])
     sigma = np.maximum(voxel_mm / zooms - 1.0, 0.0) / 2.0
     coords = _affine_coords(np.linalg.inv(src_affine) @ affine, [np.arange(n) for n in shape])
-    t1, t2, mask = (_sample(ndimage.gaussian_filter(v, sigma), coords) for v in (t1, t2, mask))
+    t1, t2, flair, mask = (_sample(ndimage.gaussian_filter(v, sigma), coords) for v in (t1, t2, flair, mask))
     inside = np.argwhere(mask > 0.5)
     centre = affine[:3, :3] @ ((inside.min(0) + inside.max(0)) / 2.0) + affine[:3, 3]
     deep = ndimage.distance_transform_edt(mask > 0.5) * voxel_mm >= TUMOUR_MARGIN_MM
     candidates = np.argwhere(deep & (t2 < 0.5 * (T2_GM + T2_CSF)))
-    return {"t1": t1, "t2": t2, "affine": affine, "centre": centre,
+    return {"t1": t1, "t2": t2, "flair": flair, "affine": affine, "centre": centre,
             "candidates": candidates @ affine[:3, :3].T + affine[:3, 3]}
 
 
@@ -181,44 +194,65 @@ def _plan(index: int, seed: int, shape: tuple, voxel_mm: float, tumour_fraction:
     plan = {"seed": seed, "index": index, "shape": shape, "voxel_mm": voxel_mm, "affine": affine,
             "to_template": np.linalg.inv(tmpl["affine"]) @ world @ affine,
             "elastic": rng.standard_normal((3, 5, 5, 5)) * (ELASTIC_MM / voxel_mm / np.sqrt(3.0)),
-            "bias": rng.uniform(0.05, 0.2) * rng.standard_normal((2, 3, 3, 3)),
+            "bias": rng.uniform(0.05, 0.2) * np.concatenate([   # one (2, 3, 3, 3) block per NOISE_GROUPS entry
+                rng.standard_normal((2, 3, 3, 3)),
+                np.random.default_rng([seed, index, 4]).standard_normal((2, 3, 3, 3))]),
             "noise_sigma": rng.uniform(0.01, 0.03)}
     plan["tumour"] = _tumour(rng, plan, tmpl, world) if with_tumour else None
     return plan
 
 
-def _paint_tumour(tumour: dict, zs: np.ndarray, t1, t2, seg) -> None:
-    """Write the tumour's intensities into t1, t2 and its labels into seg (X, Y, len(zs)), in place."""
+def _paint_tumour(tumour: dict, zs: np.ndarray, images: dict, seg: np.ndarray) -> None:
+    """Write the tumour's intensities into each contrast of `images` {name: (X, Y, len(zs))} (looks from
+    `CONTRASTS`) and its labels into seg (X, Y, len(zs)), in place."""
     (x0, y0, z0), (x1, y1, z1) = tumour["lo"], tumour["hi"]
     sel = np.flatnonzero((zs >= z0) & (zs < z1))
     if not len(sel):
         return
     region, bz = (slice(x0, x1), slice(y0, y1), sel), zs[sel] - z0
     nec, core, whole = (tumour[k][:, :, bz] for k in ("nec", "core", "whole"))
-    t1b, t2b = t1[region], t2[region]      # oedema scales/brightens the tissue; core values replace it
-    t1[region] = t1b * (1 - whole) + whole * (0.72 * t1b * (1 - core) + core * (0.55 * (1 - nec) + 0.22 * nec))
-    t2[region] = t2b * (1 - whole) + whole * ((0.35 * t2b + 0.6) * (1 - core) + core * (0.62 * (1 - nec) + 0.95 * nec))
+    for name, image in images.items():     # oedema scales/brightens the tissue; core values replace it
+        _, gain, offset, rim, necrotic = CONTRASTS[name]
+        tissue = image[region]
+        oedema = gain * tissue + offset
+        image[region] = tissue * (1 - whole) + whole * (oedema * (1 - core) + core * (rim * (1 - nec) + necrotic * nec))
     seg[region] = tumour["labels"][:, :, bz]
 
 
-def _render(plan: dict, zs) -> dict:
-    """Axial slices zs of a planned case: t1, t2 (X, Y, len(zs)) float32, seg uint8, brain uint8."""
+def _add_bias_and_noise(plan: dict, idx, group: int, images: dict) -> None:
+    """Bias field and Rician noise, in place, on the contrasts of NOISE_GROUPS[group] present in `images`
+    {name: (X, Y, Z) on the open grid idx}; the group's noise is drawn whole per slice, so it does not depend
+    on which of its contrasts are rendered."""
+    names = NOISE_GROUPS[group]
+    nx, ny, _ = plan["shape"]
+    bias = np.exp(_field(plan["bias"][2 * group:2 * group + 2], idx, plan["shape"]))
+    noise = np.stack([np.random.default_rng([plan["seed"], plan["index"], 2 * group + 1, z]).standard_normal(
+        (2 * len(names), nx, ny), dtype=np.float32) for z in idx[2]], axis=-1) * np.float32(plan["noise_sigma"])
+    for i, name in enumerate(names):
+        if name in images:                 # Rician: magnitude of a complex Gaussian
+            images[name] = np.hypot(images[name] * bias[i] + noise[2 * i], noise[2 * i + 1]).astype(np.float32)
+
+
+def _render(plan: dict, zs, names=MODALITIES) -> dict:
+    """Axial slices zs of a planned case: each contrast of `names` (X, Y, len(zs)) float32, seg uint8, brain
+    uint8. Any subset of `names` renders exactly as in the full set."""
     zs = np.asarray(zs, dtype=int)
     nx, ny, _ = plan["shape"]
     idx = (np.arange(nx), np.arange(ny), zs)
     tmpl = _template(plan["voxel_mm"])
     coords = _coords(plan, idx)
-    t1, t2 = _sample(tmpl["t1"], coords), _sample(tmpl["t2"], coords)
-    brain = (t2 >= 0.5 * T2_WM).astype(np.uint8)
-    seg = np.zeros(t1.shape, dtype=np.uint8)
+    sampled = {"t2": _sample(tmpl["t2"], coords)}
+    for source in {CONTRASTS[n][0] for n in names} - set(sampled):
+        sampled[source] = _sample(tmpl[source], coords)
+    images = {n: sampled[CONTRASTS[n][0]].copy() for n in names}
+    brain = (sampled["t2"] >= 0.5 * T2_WM).astype(np.uint8)
+    seg = np.zeros(brain.shape, dtype=np.uint8)
     if plan["tumour"] is not None:
-        _paint_tumour(plan["tumour"], zs, t1, t2, seg)
-    bias = np.exp(_field(plan["bias"], idx, plan["shape"]))
-    noise = np.stack([np.random.default_rng([plan["seed"], plan["index"], 1, z]).standard_normal(
-        (4, nx, ny), dtype=np.float32) for z in zs], axis=-1) * np.float32(plan["noise_sigma"])
-    t1 = np.hypot(t1 * bias[0] + noise[0], noise[1])      # Rician: magnitude of a complex Gaussian
-    t2 = np.hypot(t2 * bias[1] + noise[2], noise[3])
-    return {"t1": t1.astype(np.float32), "t2": t2.astype(np.float32), "seg": seg, "brain": brain}
+        _paint_tumour(plan["tumour"], zs, images, seg)
+    for group, members in enumerate(NOISE_GROUPS):
+        if set(members) & set(names):
+            _add_bias_and_noise(plan, idx, group, images)
+    return {**images, "seg": seg, "brain": brain}
 
 
 def to_unit_range(volume: np.ndarray) -> np.ndarray:
@@ -236,7 +270,7 @@ def make_case(index: int, seed: int = 0, shape: tuple = DEFAULT_SHAPE, voxel_mm:
       shape: output grid (X, Y, Z) in RAS voxel order (a tuple); voxel_mm: its isotropic spacing.
       tumour_fraction: probability that the case has a tumour.
     Returns:
-      {"t1": (X, Y, Z) float32 >= 0, "t2": same, "seg": (X, Y, Z) uint8 BraTS labels {0, 1, 2, 4},
+      {"t1", "t1ce", "t2", "flair": (X, Y, Z) float32 >= 0 each, "seg": (X, Y, Z) uint8 BraTS labels {0, 1, 2, 4},
        "brain": (X, Y, Z) uint8 brain mask, "affine": (4, 4) float64 voxel -> mm}.
     """
     plan = _plan(int(index), int(seed), tuple(int(n) for n in shape), float(voxel_mm), float(tumour_fraction))
@@ -269,7 +303,7 @@ def _choose_slices(plan: dict, count: int, tumour_only: bool) -> list:
 def _slice_stack(seed, index, count, image_size, modalities, tumour_only, tumour_fraction, shape, voxel_mm):
     """(images (count, S, S, C), masks (count, S, S, 1)) of one phantom case; cached per case."""
     plan = _plan(index, seed, shape, voxel_mm, tumour_fraction)
-    case = _render(plan, _choose_slices(plan, count, tumour_only))
+    case = _render(plan, _choose_slices(plan, count, tumour_only), modalities)
     return axial_slices([to_unit_range(case[m]) for m in modalities], case["seg"], range(count), image_size)
 
 
@@ -318,11 +352,13 @@ class PhantomSlices(_PhantomSplit):
 
 @functools.lru_cache(maxsize=512)
 def _volume(seed, index, out_shape, modalities, tumour_fraction, shape, voxel_mm):
-    """(image (D, H, W, C) in [-1, 1], mask (D, H, W, 1), affine (4, 4)) of one case zoomed to out_shape."""
-    case = make_case(index, seed, shape, voxel_mm, tumour_fraction)
+    """(image (D, H, W, C) in [-1, 1], mask (D, H, W, 1), affine (4, 4)) of one case zoomed to out_shape;
+    only `modalities` are rendered (each as in `make_case`)."""
+    plan = _plan(index, seed, shape, voxel_mm, tumour_fraction)
+    case = _render(plan, np.arange(shape[2]), modalities)
     image = np.stack([to_unit_range(case[m]) for m in modalities], axis=-1)
     mask = (case["seg"] > 0).astype(np.float32)[..., None]
-    affine = case["affine"].copy()
+    affine = plan["affine"].copy()
     if out_shape is not None and tuple(out_shape) != shape:
         step = np.asarray(shape, dtype=np.float64) / np.asarray(out_shape)
         image = np.clip(ndimage.zoom(ndimage.gaussian_filter(image, (*np.maximum(step - 1, 0) / 2, 0)),

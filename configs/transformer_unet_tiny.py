@@ -1,0 +1,18 @@
+"""Seed S0's architecture at narrow widths on phantom T2 slices, 64x64: trains on 2 CPU cores in minutes.
+
+Run:   python -m jaxdiff.train --config configs/transformer_unet_tiny.py --workdir runs/s0_tiny
+       python -m jaxdiff.evaluate --workdir runs/s0_tiny
+Cost:  see README (measured on 2 CPU cores).
+"""
+from configs import transformer_unet_brats
+
+
+def get_config():
+    c = transformer_unet_brats.get_config()
+    c.model.update(dict(widths=(8, 16, 32, 64, 64), num_heads=4, ff_dim=128))
+    c.data.update(dict(image_size=64, num_cases=48, slices_per_case=8, split="fractions", slices="phantom",
+                       clahe=True, augment=True))
+    c.train.update(dict(steps=400, batch_size=16, lr=1e-3, log_every=20, ckpt_every=200))
+    c.loss.dice_weight = 1.0
+    c.eval.num_examples = 64
+    return c

@@ -1,0 +1,136 @@
+"""Supervised segmentation (S0's UNet-transformer, S4's 512 U-Net), optionally with S0's VAE error head.
+
+Batch: {"image": (B, H, W, C) in [-1, 1], "mask": (B, H, W, 1) in {0, 1}}. The segmenter `config.model` maps
+the image to logits: one channel (sigmoid, binary cross-entropy) or `K >= 2` channels (softmax cross-entropy,
+class 1 = tumour). With `config.error_head` (e.g. `name="vae_error_head"`) a VAE reconstructs the error map
+|logits - mask| and the loss is S0's: BCE + `loss.error_weight` * MSE(recon, error) [+ `loss.kl_weight` * KL,
+which the seed omits] [+ `loss.dice_weight` * soft Dice loss].
+"""
+from __future__ import annotations
+
+import os
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from jaxdiff import models
+from jaxdiff.tasks import seg_eval
+from jaxdiff.tasks.base import Task, zeros_like_spec
+from jaxdiff.viz import grid
+
+
+class SegmenterWithErrorHead(nn.Module):
+    """(image, mask) -> (logits, error-head outputs or None). Parameters under "segmenter" / "error_head"."""
+
+    segmenter: nn.Module
+    error_head: nn.Module | None = None
+
+    @nn.compact
+    def __call__(self, x, mask=None, *, train: bool = False):
+        logits = self.segmenter(x, train=train)
+        if self.error_head is None or mask is None:
+            return logits, None
+        error = jnp.abs(logits[..., :1] - mask)
+        recon, mu, logvar = self.error_head(error, train=train)
+        return logits, (error, recon, mu, logvar)
+
+
+def soft_dice_loss(prob, mask, eps: float = 1.0):
+    """1 - soft Dice per example, prob/mask (B, H, W, 1); averaged over the batch."""
+    axes = tuple(range(1, prob.ndim))
+    inter = jnp.sum(prob * mask, axes)
+    return jnp.mean(1.0 - (2.0 * inter + eps) / (jnp.sum(prob, axes) + jnp.sum(mask, axes) + eps))
+
+
+class SegmentationTask(Task):
+    """Train a segmenter with BCE/CE (+ error VAE, + Dice); evaluate per case."""
+
+    def __init__(self, config):
+        super().__init__(config)
+        head = config.get("error_head", None)
+        self.model = SegmenterWithErrorHead(self.model, models.build(head) if head and head.get("name") else None)
+        self.loss_cfg = config.get("loss", {})
+
+    def example_batch(self, batch_size):
+        s, c = int(self.config.data.image_size), int(self.config.data.get("channels", 1))
+        return zeros_like_spec({"image": ((s, s, c), np.float32), "mask": ((s, s, 1), np.float32)}, batch_size)
+
+    def model_inputs(self, batch):
+        return (jnp.asarray(batch["image"]), jnp.asarray(batch["mask"])), {}
+
+    @property
+    def train_transform(self):
+        from jaxdiff.data import pipeline
+        return pipeline.train_transform(self.config.data) if hasattr(pipeline, "train_transform") else None
+
+    def counted_params(self, params):
+        """The parameters `summary` reports as `params:` (the segmenter; the error head is listed above it)."""
+        return params["segmenter"]
+
+    def summary_lines(self, variables):
+        from jaxdiff.summary import count
+        if "error_head" in variables["params"]:
+            yield f"error head ({self.config.error_head.name}) params: {count(variables['params']['error_head'])}"
+
+    @staticmethod
+    def probability(logits):
+        """Tumour probability (B, H, W, 1): sigmoid of one logit, or softmax class 1 of K logits."""
+        if logits.shape[-1] == 1:
+            return jax.nn.sigmoid(logits)
+        return jax.nn.softmax(logits, axis=-1)[..., 1:2]
+
+    def loss(self, params, model_state, batch, rng, train=True):
+        mask = batch["mask"]
+        mutable = list(model_state) if train and model_state else False
+        out = self.apply({"params": params, **model_state}, batch["image"], mask, rng=rng, train=train,
+                         mutable=mutable)
+        (logits, head), new_state = out if mutable else (out, model_state)
+        if logits.shape[-1] == 1:
+            seg = jnp.mean(optax.sigmoid_binary_cross_entropy(logits, mask))
+        else:
+            seg = jnp.mean(optax.softmax_cross_entropy_with_integer_labels(logits, mask[..., 0].astype(jnp.int32)))
+        metrics = {"seg_loss": seg}
+        loss = seg
+        if head is not None:
+            error, recon, mu, logvar = head
+            rec = jnp.mean((recon - error) ** 2)
+            kl = -0.5 * jnp.mean(1.0 + logvar - mu ** 2 - jnp.exp(logvar))
+            loss = loss + float(self.loss_cfg.get("error_weight", 0.5)) * rec + \
+                float(self.loss_cfg.get("kl_weight", 0.0)) * kl
+            metrics.update(error_recon=rec, kl=kl)
+        dice_w = float(self.loss_cfg.get("dice_weight", 0.0))
+        if dice_w:
+            d = soft_dice_loss(self.probability(logits), mask)
+            loss = loss + dice_w * d
+            metrics["dice_loss"] = d
+        return loss, ({**metrics, "loss": loss}, new_state)
+
+    def predict(self, variables, images, masks=None):
+        """Probabilities (B, H, W, 1), binary predictions, and the VAE error-map reconstruction if any."""
+        logits, head = self.apply(variables, images, masks, train=False)
+        prob = self.probability(logits)
+        out = {"prob": prob, "pred": (prob > 0.5).astype(jnp.float32)}
+        if head is not None:
+            out["error_recon"] = head[1]
+        return out
+
+    def evaluate(self, state, source, out_dir: str, rng=None, num: int | None = None, num_steps=None) -> dict:
+        """Per-case metrics on `source` with EMA parameters (or raw ones when `train.ema` is 0)."""
+        ema = float(self.config.train.get("ema", 0.0)) > 0
+        variables = state.variables(ema=ema)
+        data = seg_eval.collect(source, num or self.config.get("eval", {}).get("num_examples"))
+        fn = jax.jit(self.predict)
+        bs = int(self.config.get("eval", {}).get("batch_size", 16))
+        outs = [jax.device_get(fn(variables, data["image"][i:i + bs], data["mask"][i:i + bs]))
+                for i in range(0, len(data["image"]), bs)]
+        res = {k: np.concatenate([np.asarray(o[k]) for o in outs]) for k in outs[0]}
+        if "error_recon" in res:
+            grid.save_grid(res["error_recon"][:16], os.path.join(out_dir, "error_map_recon.png"),
+                           value_range=(0.0, float(res["error_recon"][:16].max()) or 1.0), scale=2)
+        return seg_eval.report(data["image"], data["mask"], res["pred"], out_dir, uncertainty=None)
+
+    def finalize(self, state, workdir, val_source, rng) -> dict:
+        return self.evaluate(state, val_source, os.path.join(workdir, "samples"), rng)
