@@ -94,16 +94,29 @@ def _case_split(d) -> str:
     return name
 
 
+def _given_fractions(d) -> tuple:
+    """data.fractions as (train, val, test)."""
+    fr = tuple(d.get("fractions", DEFAULT_FRACTIONS))
+    if len(fr) != 3:
+        raise InputError(f"config key data.fractions: {fr!r} is not (train, val, test)")
+    return fr
+
+
 def _fractions(d) -> tuple:
     """(train, val, test) fractions; with data.split = "seed_s0" the seed's 250 / 73 / 45 proportions (the
     phantom sources split by fractions; BraTS uses `brats.seed_s0_split` itself)."""
     if _case_split(d) == "seed_s0":
         from jaxdiff.data.sources.brats import SEED_S0_CASES
         return SEED_S0_CASES
-    fr = tuple(d.get("fractions", DEFAULT_FRACTIONS))
-    if len(fr) != 3:
-        raise InputError(f"config key data.fractions: {fr!r} is not (train, val, test)")
-    return fr
+    return _given_fractions(d)
+
+
+def _root(d, what: str) -> str:
+    """data.root, which must be an existing folder (`what` names the data set in the error)."""
+    root = str(d.get("root", "") or "")
+    if not root or not os.path.isdir(root):
+        raise InputError(f"config key data.root: {what} folder {root!r} not found")
+    return root
 
 
 def _phantom(d, split: str):
@@ -123,9 +136,7 @@ def _phantom3d(d, split: str):
 
 def _brats(d, split: str):
     from jaxdiff.data.sources.brats import BratsSlices
-    root = str(d.get("root", "") or "")
-    if not root or not os.path.isdir(root):
-        raise InputError(f"config key data.root: BraTS folder {root!r} not found")
+    root = _root(d, "BraTS")
     slices = d.get("slices", None)
     return BratsSlices(root, split, modalities=d.get("modality", "t2"), image_size=int(d.get("image_size", 240)),
                        slice_indices=(slices if isinstance(slices, str) else list(slices)) if slices else None,
@@ -133,7 +144,14 @@ def _brats(d, split: str):
                        fractions=_fractions(d), case_split=_case_split(d))
 
 
-SOURCES = {"phantom": _phantom, "phantom3d": _phantom3d, "brats": _brats}
+def _lgg(d, split: str):
+    from jaxdiff.data.sources.lgg import LggSlices
+    return LggSlices(_root(d, "LGG kaggle_3m"), split, image_size=int(d.get("image_size", 32)),
+                     seed=int(d.get("seed", 42)), fractions=_given_fractions(d), split_mode=d.get("split", "random"),
+                     stratified=bool(d.get("stratified", True)))
+
+
+SOURCES = {"phantom": _phantom, "phantom3d": _phantom3d, "brats": _brats, "lgg": _lgg}
 
 
 class TransformedSource:
@@ -172,9 +190,10 @@ def get_source(data_config, split: str):
     """The random-access source for `split` ("train", "val", "test") described by a config `data` block.
 
     Keys (all optional but `source`): source ("phantom": 2D slices, "phantom3d": volumes, "brats": BraTS
-    slices from `root`), image_size, modality ("t2", "t1,t2", ...), seed, num_cases, slices_per_case,
-    tumour_only, tumour_fraction, fractions, split ("random" or "seed_s0"), root, slices (indices or
-    "seed_s0"), normalise, channels (checked against the number of modalities), clahe, augment,
+    slices from `root`, "lgg": kaggle_3m slices from `root`, 3 channels, `modality` unused), image_size,
+    modality ("t2", "t1,t2", ...), seed, num_cases, slices_per_case, tumour_only, tumour_fraction, fractions,
+    split ("random", "seed_s0", or for lgg "seed_s1"), stratified (lgg "seed_s1"), root, slices (indices or
+    "seed_s0"), normalise, channels (checked against the source's number of channels), clahe, augment,
     faithful_augment_test. Bad values raise InputError naming the `data.*` key.
 
     `data.clahe` applies `transforms.clahe` to every split. The training augmentation (`data.augment`) is not
@@ -188,7 +207,7 @@ def get_source(data_config, split: str):
     source = SOURCES[name](data_config, check_split(split))
     channels, modalities = data_config.get("channels", None), getattr(source, "modalities", None)
     if channels is not None and modalities is not None and int(channels) != len(modalities):
-        raise InputError(f"config key data.channels: {channels} but data.modality gives "
+        raise InputError(f"config key data.channels: {channels} but the {name} source gives "
                          f"{len(modalities)} channel(s) {modalities}")
     every_split, augment = transforms.from_config(data_config)
     if split == "train" or not transforms.config_flag(data_config, "faithful_augment_test"):

@@ -61,11 +61,6 @@ class SegmentationTask(Task):
     def model_inputs(self, batch):
         return (jnp.asarray(batch["image"]), jnp.asarray(batch["mask"])), {}
 
-    @property
-    def train_transform(self):
-        from jaxdiff.data import pipeline
-        return pipeline.train_transform(self.config.data) if hasattr(pipeline, "train_transform") else None
-
     def counted_params(self, params):
         """The parameters `summary` reports as `params:` (the segmenter; the error head is listed above it)."""
         return params["segmenter"]

@@ -77,7 +77,7 @@ def _data_iterator(config, task, split: str):
         raise InputError(f"config key train.batch_size: {global_bs} not divisible by {jax.process_count()} processes")
     ds = data.make_dataset(source, global_bs // jax.process_count(), seed=int(config.seed), shuffle=True,
                            worker_count=int(config.data.get("num_workers", 0)),
-                           transform=getattr(task, "train_transform", None))
+                           transform=data.pipeline.train_transform(config.data))
     return iter(ds)
 
 
