@@ -3,7 +3,7 @@
 
 The seed's FF-Parser (a real (C, H, W) weight on fft2) and fusion LN(x)*LN(img)*LN(img) are its architecture and
 are kept here; its time-embedding bug (t * [sin f, cos f]) is fixed unless `--config.model.faithful_time_embedding=True`.
-The seed trained on LGG kaggle_3m (3-channel 32x32 images); the built-in phantom stands in with T1, T2 and FLAIR
+The seed trained on LGG kaggle_3m (3-channel 32x32 images); the built-in phantom stands in with T1, FLAIR and T1ce
 channels; point it at LGG with --config.data.source=lgg --config.data.root=/path/to/kaggle_3m.
 The seed used ReduceLROnPlateau(0.5, patience 3) on the validation loss; here the schedule is constant.
 
@@ -24,7 +24,7 @@ def get_config():
         schedule="cosine", num_timesteps=100, prediction="eps", loss="mse", min_snr_gamma=0.0, sampler="ddpm",
         sample_steps=100, eta=1.0, clip_x0=1.0, guidance_scale=0.0, ensemble=1, fusion="mean"))
     c.data = ml_collections.ConfigDict(dict(
-        source="phantom", root="", image_size=32, channels=3, modality="t1,t2,flair", num_cases=200,
+        source="phantom", root="", image_size=32, channels=3, modality="t1,flair,t1ce", num_cases=200,
         slices_per_case=8, seed=42, num_workers=0))
     c.train = ml_collections.ConfigDict(dict(
         steps=50 * 221, batch_size=16, lr=2e-4, warmup_steps=0, lr_schedule="constant", optimizer="adam",
