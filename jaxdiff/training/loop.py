@@ -6,12 +6,17 @@ SIGINT (finishing the current step and saving); and ends with the task's report 
 """
 from __future__ import annotations
 
+import itertools
 import json
+import math
 import os
 import signal
+import sys
 import time
 
 import jax
+import numpy as np
+from jax.experimental import multihost_utils
 from tqdm.auto import tqdm
 
 from jaxdiff import config as config_lib
@@ -24,6 +29,20 @@ from jaxdiff.training.state import make_optimizer
 from jaxdiff.training.step import compile_train_step, init_state
 
 
+def _summary_writer(logdir: str):
+    """tensorboardX's SummaryWriter, imported without PyTorch: tensorboardX imports torch whenever it is
+    installed (only to accept torch tensors), which would add seconds to every start-up."""
+    block = "torch" not in sys.modules
+    if block:
+        sys.modules["torch"] = None          # makes `import torch` fail inside tensorboardX
+    try:
+        from tensorboardX import SummaryWriter
+    finally:
+        if block:
+            del sys.modules["torch"]
+    return SummaryWriter(logdir)
+
+
 class MetricLogger:
     """Appends one JSON object per logged step to `metrics.jsonl` and mirrors scalars to TensorBoard."""
 
@@ -32,14 +51,15 @@ class MetricLogger:
         self.path = os.path.join(workdir, "metrics.jsonl")
         self.tb = None
         if enabled and files.is_local(workdir):  # TensorBoard events for local work directories
-            from tensorboardX import SummaryWriter
-            self.tb = SummaryWriter(os.path.join(workdir, "tensorboard"))
+            self.tb = _summary_writer(os.path.join(workdir, "tensorboard"))
 
     def write(self, step: int, metrics: dict):
+        """Log scalar `metrics` at `step`; in JSON a non-finite value (a skipped step's loss) is null."""
         if not self.enabled:
             return
         scalars = {k: float(v) for k, v in metrics.items()}
-        files.append_line(self.path, json.dumps({"step": step, **scalars}))
+        finite = {k: v if math.isfinite(v) else None for k, v in scalars.items()}
+        files.append_line(self.path, json.dumps({"step": step, **finite}, allow_nan=False))
         if self.tb is not None:
             for k, v in scalars.items():
                 self.tb.add_scalar(f"train/{k}", v, step)
@@ -70,22 +90,45 @@ class StopSignal:
             signal.signal(sig, handler)
 
 
-def _data_iterator(config, task, split: str):
+def _local_rows(mesh, global_bs: int) -> np.ndarray:
+    """Indices (ascending) of the global batch rows that this process's devices hold in the batch sharding."""
+    index_map = shd.batch_sharding(mesh).addressable_devices_indices_map((global_bs,))
+    return np.unique(np.concatenate([np.arange(global_bs)[idx[0]] for idx in index_map.values()]))
+
+
+def _data_iterator(config, split: str, mesh):
+    """Iterator of this process's rows of the global training batches (dicts of numpy arrays).
+
+    The global batch stream (shuffle order, augmentation draws) is a function of the config alone, so a run
+    gives the same results on 1 or N processes: every process iterates it with grain and keeps its rows.
+    """
     source = data.get_source(config.data, split)
     global_bs = int(config.train.batch_size)
-    if global_bs % jax.process_count():
-        raise InputError(f"config key train.batch_size: {global_bs} not divisible by {jax.process_count()} processes")
-    ds = data.make_dataset(source, global_bs // jax.process_count(), seed=int(config.seed), shuffle=True,
+    if global_bs % mesh.size:
+        raise InputError(f"config key train.batch_size: {global_bs} not divisible by the {mesh.size} devices")
+    ds = data.make_dataset(source, global_bs, seed=int(config.seed), shuffle=True, shard_index=0, shard_count=1,
                            worker_count=int(config.data.get("num_workers", 0)),
                            transform=data.pipeline.train_transform(config.data))
+    if jax.process_count() > 1:
+        rows = _local_rows(mesh, global_bs)
+        ds = ds.map(lambda batch: {k: v[rows] for k, v in batch.items()})
     return iter(ds)
+
+
+def _report_state(state):
+    """The state for the end-of-run report, which runs on process 0 alone: with several processes its
+    evaluation arrays are gathered into host memory (every process joins this collective), so the report's
+    computations use local devices only."""
+    if jax.process_count() == 1:
+        return state
+    return multihost_utils.process_allgather(state.replace(opt_state=None), tiled=True)
 
 
 def train(config, workdir: str, quiet: bool = False) -> dict:
     """Train (or resume) the experiment `config` in `workdir`; returns the final report dict."""
     task = tasks.build(config)
     mesh = shd.make_mesh(config.get("mesh"))
-    train_iter = _data_iterator(config, task, "train")
+    train_iter = _data_iterator(config, "train", mesh)
     val_source = data.get_source(config.data, "val")
     tc = config.train
     steps = int(tc.steps)
@@ -100,19 +143,21 @@ def train(config, workdir: str, quiet: bool = False) -> dict:
     ckpt = Checkpointer(workdir, every=int(tc.get("ckpt_every", 1000)), keep=int(tc.get("keep_checkpoints", 3)))
     if ckpt.latest_step() is not None:
         state = ckpt.restore(state, train_iter)
+    start = int(jax.device_get(state.step))
+    # Read the first batch before writing anything: bad data must leave an existing work directory as it was.
+    batches = itertools.chain([next(train_iter)], train_iter) if start < steps else iter(())
     is_main = jax.process_index() == 0
     if is_main:
         files.write_text(os.path.join(workdir, "config.json"), config_lib.to_json(config))
     step_fn = compile_train_step(task, tc, mesh, state_shardings)
     logger = MetricLogger(workdir, enabled=is_main)
     log_every, max_bad = int(tc.get("log_every", 50)), int(tc.get("max_bad_steps", 20))
-    start = int(jax.device_get(state.step))
     timing = {}
     with StopSignal() as stop, tqdm(total=steps, initial=start, disable=quiet or not is_main,
                                     desc="train", dynamic_ncols=True) as bar:
         t_last, n_last = time.perf_counter(), start
         for step in range(start + 1, steps + 1):
-            batch = shd.global_batch(next(train_iter), mesh)
+            batch = shd.global_batch(next(batches), mesh)
             t0 = time.perf_counter()
             state, metrics = step_fn(state, batch, step_rng)
             if "first_step_s" not in timing:
@@ -123,17 +168,16 @@ def train(config, workdir: str, quiet: bool = False) -> dict:
             if step % log_every == 0 or step == steps or stop.received:
                 metrics = jax.device_get(metrics)
                 now = time.perf_counter()
-                rate = (step - n_last) / max(now - t_last, 1e-9) if step > n_last else float("nan")
+                rate = {"steps_per_s": (step - n_last) / max(now - t_last, 1e-9)} if step > n_last else {}
                 t_last, n_last = now, step
-                logger.write(step, {**metrics, "steps_per_s": rate})
-                bar.set_postfix(loss=f"{float(metrics['loss']):.4f}", steps_s=f"{rate:.2f}")
+                logger.write(step, {**metrics, **rate})
+                bar.set_postfix(loss=f"{float(metrics['loss']):.4f}", **rate)
                 if int(jax.device_get(state.bad_streak)) >= max_bad:
                     ckpt.close()
                     raise SystemExit(f"error: {max_bad} non-finite steps in a row at step {step}; stopped. "
                                      f"The last good checkpoint is in {ckpt.directory}.")
-            ckpt.save(step, state, train_iter)
+            ckpt.save(step, state, train_iter, force=stop.received is not None)
             if stop.received:
-                ckpt.save(step, state, train_iter, force=True)
                 ckpt.close()
                 logger.close()
                 print(f"{stop.received} received: saved step {step} to {ckpt.directory}; re-run to resume.")
@@ -142,7 +186,8 @@ def train(config, workdir: str, quiet: bool = False) -> dict:
         ckpt.save(steps, state, train_iter, force=True)
     ckpt.close()
     logger.close()
-    report = task.finalize(state, workdir, val_source, final_rng) if is_main else {}
+    report_state = _report_state(state)
+    report = task.finalize(report_state, workdir, val_source, final_rng) if is_main else {}
     report = {"step": int(jax.device_get(state.step)), **timing, **report}
     if is_main:
         files.write_text(os.path.join(workdir, "report.json"), json.dumps(report, indent=2, default=float))

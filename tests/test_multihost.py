@@ -1,0 +1,56 @@
+"""Multi-host training on this machine: 2 local processes x 4 virtual CPU devices (CPU collectives over
+localhost) train, checkpoint and resume to the parameters of 1 process with 8 devices."""
+from __future__ import annotations
+
+import concurrent.futures
+import json
+import os
+import socket
+
+import pytest
+
+from test_loop import (assert_same_state, checkpoint_steps, jax_env, load_state, metrics_lines,  # noqa: F401
+                       start_train, train)
+
+pytestmark = pytest.mark.slow
+
+GLOBAL_BATCH = "--config.train.batch_size=8"     # 4 rows per process, 1 per device
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _train_2_processes(workdir, steps: int, env: dict) -> list[str]:
+    """Run the tiny training command as 2 processes of a distributed run; returns their stdouts."""
+    common = dict(XLA_FLAGS="--xla_force_host_platform_device_count=4", JAX_NUM_PROCESSES="2",
+                  JAX_COORDINATOR_ADDRESS=f"127.0.0.1:{_free_port()}")
+    procs = [start_train(workdir, GLOBAL_BATCH, f"--config.train.steps={steps}", "--distributed", env=env,
+                         extra_env=dict(common, JAX_PROCESS_ID=str(i))) for i in range(2)]
+    try:       # drain both processes' pipes at once: a process blocked on a full pipe would stall the other
+        with concurrent.futures.ThreadPoolExecutor(2) as pool:
+            outs = list(pool.map(lambda proc: proc.communicate(timeout=900), procs))
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+    for i, proc in enumerate(procs):
+        assert proc.returncode == 0, f"process {i} of 2, exit {proc.returncode}:\n" + "\n\n".join(
+            f"process {j} stderr:\n{e[-2500:]}" for j, (_, e) in enumerate(outs))
+    return [out for out, _ in outs]
+
+
+def test_multihost_2_processes_match_1_process_with_8_devices(tmp_path, jax_env):
+    single, multi = tmp_path / "single", tmp_path / "multi"
+    train(single, GLOBAL_BATCH, "--config.train.steps=4", devices=8, env=jax_env)
+    _train_2_processes(multi, 2, jax_env)
+    outs = _train_2_processes(multi, 4, jax_env)             # both processes restore step 2 and go on
+    assert_same_state(load_state(multi), load_state(single), atol=1e-5)
+    assert [m["step"] for m in metrics_lines(multi)] == [1, 2, 3, 4]            # logged once, by process 0
+    data_states = sorted(os.listdir(multi / "checkpoints" / str(checkpoint_steps(multi)[-1]) / "data"))
+    assert {"process_0-of-2.json", "process_1-of-2.json"} <= set(data_states)   # each process's iterator
+    report = json.loads((multi / "report.json").read_text())
+    assert report["step"] == 4 and os.path.isfile(report["samples_png"])         # the report, by process 0
+    assert json.loads(outs[1].strip().splitlines()[-1])["step"] == 4
