@@ -45,7 +45,10 @@ def make_dataset(source, batch_size: int, seed: int = 0, shuffle: bool = True, n
       shuffle: reshuffle every epoch (grain index shuffle, no buffer).
       num_epochs: None repeats forever.
       shard_index, shard_count: this process's shard; default `jax.process_index()` / `jax.process_count()`.
-        Shards are disjoint and of equal size (the last `len(source) % shard_count` examples are dropped).
+        The example stream is shuffled globally and cut into batches of `batch_size`; shard i takes batches
+        i, i + n, i + 2n, ... (it reads only those). So the n shards' k-th batches, concatenated in shard
+        order, are the k-th global batch of n * batch_size examples, whatever n is: a run gives the same
+        global batches on 1 or n processes, and each process loads only its own rows.
       worker_count: > 0 computes batches in that many worker processes (the source must be picklable).
       transform: per-example function `example -> example`, or an augmentation `(example, rng) -> example`
         (or a `grain.transforms.RandomMap`) receiving a per-example `np.random.Generator` derived from `seed`.
@@ -58,16 +61,16 @@ def make_dataset(source, batch_size: int, seed: int = 0, shuffle: bool = True, n
         shard_index, shard_count = jax.process_index(), jax.process_count()
     if not 0 <= shard_index < shard_count:
         raise ValueError(f"shard_index {shard_index} not in [0, {shard_count})")
-    per_shard = len(source) // shard_count
-    if per_shard == 0:
-        raise InputError(f"data source: {len(source)} examples cannot be split over {shard_count} processes")
-    ds = grain.MapDataset.source(source)[shard_index:per_shard * shard_count:shard_count].seed(int(seed))
+    if len(source) < batch_size * shard_count:
+        raise InputError(f"data source: {len(source)} examples are fewer than one global batch of "
+                         f"{batch_size} x {shard_count} processes")
+    ds = grain.MapDataset.source(source).seed(int(seed))
     if shuffle:
         ds = ds.shuffle()
     ds = ds.repeat(num_epochs)
-    if transform is not None:
+    if transform is not None:  # before sharding: augmentation draws depend on the global example index
         ds = ds.random_map(transform) if _is_random(transform) else ds.map(transform)
-    ds = ds.batch(int(batch_size), drop_remainder=drop_remainder)
+    ds = ds.batch(int(batch_size), drop_remainder=drop_remainder)[shard_index::shard_count]
     ds = ds.to_iter_dataset(grain.ReadOptions(num_threads=_READ_THREADS, prefetch_buffer_size=_PREFETCH_BATCHES))
     if worker_count > 0:
         from absl import flags

@@ -100,18 +100,19 @@ def _data_iterator(config, split: str, mesh):
     """Iterator of this process's rows of the global training batches (dicts of numpy arrays).
 
     The global batch stream (shuffle order, augmentation draws) is a function of the config alone, so a run
-    gives the same results on 1 or N processes: every process iterates it with grain and keeps its rows.
+    gives the same results on 1 or N processes; process p reads only its rows p*L .. (p+1)*L - 1 of each
+    global batch (grain shards by batch), which are the rows its devices hold in the batch sharding.
     """
     source = data.get_source(config.data, split)
-    global_bs = int(config.train.batch_size)
+    global_bs, n, p = int(config.train.batch_size), jax.process_count(), jax.process_index()
     if global_bs % mesh.size:
         raise InputError(f"config key train.batch_size: {global_bs} not divisible by the {mesh.size} devices")
-    ds = data.make_dataset(source, global_bs, seed=int(config.seed), shuffle=True, shard_index=0, shard_count=1,
+    local_bs = global_bs // n
+    if not np.array_equal(_local_rows(mesh, global_bs), np.arange(p * local_bs, (p + 1) * local_bs)):
+        raise InputError("config key mesh: this process's devices do not hold a contiguous block of the batch")
+    ds = data.make_dataset(source, local_bs, seed=int(config.seed), shuffle=True, shard_index=p, shard_count=n,
                            worker_count=int(config.data.get("num_workers", 0)),
                            transform=data.pipeline.train_transform(config.data))
-    if jax.process_count() > 1:
-        rows = _local_rows(mesh, global_bs)
-        ds = ds.map(lambda batch: {k: v[rows] for k, v in batch.items()})
     return iter(ds)
 
 

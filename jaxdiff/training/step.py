@@ -5,7 +5,8 @@
   - gradient accumulation over `train.accum_steps` micro-batches in one `lax.scan` (the batch's leading axis
     is split into micro-batches without moving data between devices);
   - optax update (schedule, clipping), EMA of parameters (`train.ema`, 0 disables), BatchNorm statistics;
-  - a non-finite guard: if the loss or any gradient is NaN/inf the update, EMA and statistics are skipped and
+  - a non-finite guard: if the loss, a gradient or an updated parameter is NaN/inf the update, EMA and
+    statistics are skipped and
     `skipped`/`bad_streak` are counted.
 `compile_train_step` jits it with NamedShardings on the mesh and donates the state.
 """
@@ -66,9 +67,10 @@ def make_train_step(task, train_cfg):
     def train_step(state: TrainState, batch: dict, rng: jax.Array):
         rng = jax.random.fold_in(rng, state.step)
         loss, metrics, model_state, grads = grads_and_metrics(state, batch, rng)
-        finite = jnp.isfinite(loss) & _tree_all_finite(grads)
         updates, opt_state = state.tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
+        # The update itself must be finite too (an infinite learning rate turns finite gradients into inf).
+        finite = jnp.isfinite(loss) & _tree_all_finite(grads) & _tree_all_finite(params)
         ema = (jax.tree.map(lambda e, p: ema_decay * e + (1.0 - ema_decay) * p, state.ema_params, params)
                if ema_decay > 0 else params)
         new = state.replace(

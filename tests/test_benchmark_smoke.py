@@ -1,0 +1,93 @@
+"""Smoke run of the side-by-side benchmark, `python -m benchmarks.run --quick --out DIR` (tiny sizes; the numbers
+are never asserted against thresholds): one row per model and framework with finite positive numbers, in the
+printed table, the markdown file and the CSV, and both frameworks computing the same function."""
+from __future__ import annotations
+
+import csv
+import glob
+import itertools
+import math
+import re
+
+import pytest
+
+pytest.importorskip("torch")
+
+from conftest import run_python  # noqa: E402
+
+MODELS = ("unet2d", "medsegdiff_seed", "medsegdiff_tiny", "s0_tiny")
+FRAMEWORKS = ("jax", "torch")
+DIFFUSION = {"unet2d", "medsegdiff_seed", "medsegdiff_tiny"}
+
+
+def positive(text: str) -> float:
+    value = float(text)
+    assert math.isfinite(value) and value > 0, text
+    return value
+
+
+def table_rows(markdown: str) -> dict:
+    """{(model, framework): cells} of the results table (its header and separator skipped)."""
+    lines = [ln for ln in markdown.splitlines() if ln.startswith("| ") and not ln.startswith("| model ")]
+    cells = [[c.strip() for c in ln.strip("|").split("|")] for ln in lines]
+    return {(c[0], c[1]): c[2:] for c in cells}
+
+
+@pytest.fixture(scope="module")
+def quick_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("bench")
+    proc = run_python(["-m", "benchmarks.run", "--quick", "--out", str(out)], timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    [csv_path] = glob.glob(str(out / "*-quick.csv"))
+    [md_path] = glob.glob(str(out / "*-quick.md"))
+    with open(csv_path) as f:
+        rows = list(csv.DictReader(f))
+    with open(md_path) as f:
+        markdown = f.read()
+    return proc.stdout, markdown, rows
+
+
+@pytest.mark.slow
+def test_csv_has_one_finite_row_per_model_and_framework(quick_run):
+    _, _, rows = quick_run
+    assert sorted((r["model"], r["framework"]) for r in rows) == sorted(itertools.product(MODELS, FRAMEWORKS))
+    for r in rows:
+        assert r["status"] == "ok", r
+        steps_per_s, step_ms = positive(r["train_steps_per_s"]), positive(r["train_step_ms"])
+        assert steps_per_s * step_ms == pytest.approx(1000.0, rel=1e-3)
+        for key in ("first_step_s", "peak_memory_mb", "train_speedup_vs_eager"):
+            positive(r[key])
+        if r["model"] in DIFFUSION:
+            positive(r["ddim_latency_s"])
+            assert r["ddim_steps"] == "5" and r["sample_batch"] == "2"
+        else:
+            assert r["ddim_latency_s"] == ""
+    eager = [r for r in rows if r["framework"] == "torch"]
+    assert all(float(r["train_speedup_vs_eager"]) == 1.0 for r in eager)
+
+
+@pytest.mark.slow
+def test_printed_table_matches_the_markdown_file(quick_run):
+    stdout, markdown, rows = quick_run
+    assert markdown.strip() in stdout
+    table = table_rows(markdown)
+    assert sorted(table) == sorted(itertools.product(MODELS, FRAMEWORKS))
+    assert "DDIM-5 latency s (batch 2)" in markdown
+    for (model, framework), cells in table.items():
+        steps_per_s, step_ms, first_s, ddim_s, peak_mb = cells[:5]
+        for value in (steps_per_s, step_ms, first_s, peak_mb) + ((ddim_s,) if model in DIFFUSION else ()):
+            positive(value)
+    for needle in ("command: `python -m benchmarks.run --quick", "jax 0.", "torch 2.", "XLA_FLAGS", "date:"):
+        assert needle in markdown
+
+
+@pytest.mark.slow
+def test_both_frameworks_compute_the_same_function(quick_run):
+    """The ported weights give the same eval forward pass, and the same DDIM samples from the same start noise."""
+    _, markdown, _ = quick_run
+    parity = dict(re.findall(r"- (\w+): eval forward pass, .* = ([0-9.e+-]+)", markdown))
+    assert sorted(parity) == sorted(MODELS)
+    assert all(float(v) < 1e-4 for v in parity.values()), parity
+    samples = dict(re.findall(r"- (\w+): DDIM samples, max \|jax - torch\| = ([0-9.e+-]+)", markdown))
+    assert sorted(samples) == sorted(DIFFUSION)
+    assert all(float(v) < 1e-3 for v in samples.values()), samples
