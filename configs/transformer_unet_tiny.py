@@ -10,7 +10,7 @@ from configs import transformer_unet_brats
 def get_config():
     c = transformer_unet_brats.get_config()
     c.model.update(dict(widths=(8, 16, 32, 64, 64), num_heads=4, ff_dim=128))
-    c.data.update(dict(image_size=64, num_cases=48, slices_per_case=8, split="fractions", slices="phantom",
+    c.data.update(dict(image_size=64, num_cases=48, slices_per_case=8, split="random", slices=None,
                        clahe=True, augment=True))
     c.train.update(dict(steps=400, batch_size=16, lr=1e-3, log_every=20, ckpt_every=200))
     c.loss.dice_weight = 1.0

@@ -6,7 +6,6 @@ Prints one JSON object of metrics on stdout and writes it (with per-case values)
 """
 from __future__ import annotations
 
-import json
 import os
 import sys
 
@@ -40,8 +39,8 @@ def main(argv=None) -> int:
         result = task.evaluate(state, source, out_dir, jax.random.PRNGKey(fv.seed), num=fv.num or None,
                                num_steps=fv.steps or None)
         result = {"split": fv.split, "step": int(jax.device_get(state.step)), **result}
-        files.write_text(os.path.join(out_dir, "metrics.json"), json.dumps(result, indent=2, default=float))
-        print(json.dumps(result, default=float))
+        files.write_text(os.path.join(out_dir, "metrics.json"), files.strict_json(result, indent=2))
+        print(files.strict_json(result))
     return 0
 
 

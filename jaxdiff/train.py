@@ -7,7 +7,6 @@ missing data folder, corrupt file) prints one `error:` line and exits with statu
 """
 from __future__ import annotations
 
-import json
 import os
 import sys
 
@@ -35,7 +34,8 @@ def main(argv=None) -> int:
         cfg_name = os.path.splitext(os.path.basename(fv["config"].config_filename))[0]
         workdir = fv.workdir or os.path.join("runs", cfg_name)
         report = loop.train(config, workdir, quiet=fv.quiet)
-        print(json.dumps(report, default=float))
+        from jaxdiff.io import files
+        print(files.strict_json(report))
     return 0
 
 

@@ -5,6 +5,7 @@ the small files (config.json, metrics.jsonl, report.json, PNG figures) go throug
 """
 from __future__ import annotations
 
+import json
 import os
 
 from etils import epath
@@ -50,3 +51,21 @@ def open_write(p, mode: str = "wb"):
     out = path(p)
     out.parent.mkdir(parents=True, exist_ok=True)
     return out.open(mode)
+
+
+def strict_json(obj, indent: int | None = None) -> str:
+    """JSON text of `obj` with NaN/inf as null (strict JSON: every parser reads it); numpy scalars as numbers."""
+    import math
+
+    def clean(x):
+        if isinstance(x, dict):
+            return {str(k): clean(v) for k, v in x.items()}
+        if isinstance(x, (list, tuple)):
+            return [clean(v) for v in x]
+        if hasattr(x, "item") and getattr(x, "ndim", 1) == 0:
+            x = x.item()
+        if isinstance(x, float) and not math.isfinite(x):
+            return None
+        return x
+
+    return json.dumps(clean(obj), indent=indent, allow_nan=False, default=str)

@@ -1,7 +1,6 @@
 """Evaluation shared by the segmentation tasks: per-case metrics, their means, and overlay figures."""
 from __future__ import annotations
 
-import json
 import os
 
 import numpy as np
@@ -40,7 +39,6 @@ def report(images, masks, preds, out_dir: str, spacing=(1.0, 1.0), uncertainty=N
                    for k in ("dice", "iou")}
     out = {**means, **tumour_only, "num_cases": int(len(pred)), "num_cases_with_tumour": int(has_tumour.sum()),
            **(extra or {}), "seed_batch_metrics": seed, "overlays_png": fig}
-    files.write_text(os.path.join(out_dir, "evaluation.json"), json.dumps(
-        {"mean": out, "seed_batch_metrics": seed,
-         "per_case": {k: [float(v) for v in vals] for k, vals in per_case.items()}}, indent=1, default=float))
+    files.write_text(os.path.join(out_dir, "evaluation.json"), files.strict_json(
+        {"mean": out, "per_case": {k: [float(v) for v in vals] for k, vals in per_case.items()}}, indent=1))
     return out

@@ -191,5 +191,5 @@ def train(config, workdir: str, quiet: bool = False) -> dict:
     report = task.finalize(report_state, workdir, val_source, final_rng) if is_main else {}
     report = {"step": int(jax.device_get(state.step)), **timing, **report}
     if is_main:
-        files.write_text(os.path.join(workdir, "report.json"), json.dumps(report, indent=2, default=float))
+        files.write_text(os.path.join(workdir, "report.json"), files.strict_json(report, indent=2))
     return report
