@@ -20,7 +20,7 @@ def get_config():
         source="phantom", image_size=64, channels=1, modality="t1", root="", num_cases=64, seed=0,
         num_workers=0))
     c.train = ml_collections.ConfigDict(dict(
-        steps=600, batch_size=16, lr=2e-4, warmup_steps=50, lr_schedule="cosine", final_lr_fraction=0.1,
+        steps=400, batch_size=8, lr=5e-4, warmup_steps=50, lr_schedule="cosine", final_lr_fraction=0.1,
         optimizer="adamw", weight_decay=0.0, grad_clip=1.0, ema=0.99, accum_steps=1, precision="fp32",
         log_every=25, ckpt_every=200, keep_checkpoints=2, max_bad_steps=20))
     c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1))
