@@ -9,6 +9,7 @@ from __future__ import annotations
 import difflib
 import json
 import os
+import sys
 
 import ml_collections
 from absl import flags
@@ -59,10 +60,13 @@ def parse(argv: list[str], define_extra=None, require_config: bool = True):
         if not os.path.isfile(config_path):
             raise InputError(f"config file {config_path}: not found")
         _check_override_keys(config_path, argv)
+    saved, sys.argv = sys.argv, list(argv)  # ml_collections' config flag reads its overrides from sys.argv
     try:
         fv(argv)
     except flags.Error as e:
         raise InputError(str(e).splitlines()[0]) from None
+    finally:
+        sys.argv = saved
     return (holder.value if config_path is not None else None), fv
 
 

@@ -1,10 +1,13 @@
 """Smoke run of the side-by-side benchmark, `python -m benchmarks.run --quick --out DIR` (tiny sizes; the numbers
 are never asserted against thresholds): one row per model and framework with finite positive numbers, in the
-printed table, the markdown file and the CSV, and both frameworks computing the same function."""
+printed table, the markdown file and the CSV, and both frameworks computing the same function. The external
+baselines (MONAI, diffusers; unet2d only) give finite rows when installed and an "n/a (not installed ...)" row
+otherwise."""
 from __future__ import annotations
 
 import csv
 import glob
+import importlib.util
 import itertools
 import math
 import re
@@ -18,6 +21,10 @@ from conftest import run_python  # noqa: E402
 MODELS = ("unet2d", "medsegdiff_seed", "medsegdiff_tiny", "s0_tiny")
 FRAMEWORKS = ("jax", "torch")
 DIFFUSION = {"unet2d", "medsegdiff_seed", "medsegdiff_tiny"}
+BASELINES = ("monai", "diffusers")  # run for unet2d only
+INSTALLED = {b for b in BASELINES if importlib.util.find_spec(b) is not None}
+NOT_INSTALLED = "not installed: pip install -r requirements-bench.txt"
+EXPECTED = sorted([*itertools.product(MODELS, FRAMEWORKS), *(("unet2d", b) for b in BASELINES)])
 
 
 def positive(text: str) -> float:
@@ -50,9 +57,13 @@ def quick_run(tmp_path_factory):
 @pytest.mark.slow
 def test_csv_has_one_finite_row_per_model_and_framework(quick_run):
     _, _, rows = quick_run
-    assert sorted((r["model"], r["framework"]) for r in rows) == sorted(itertools.product(MODELS, FRAMEWORKS))
+    assert sorted((r["model"], r["framework"]) for r in rows) == EXPECTED
     for r in rows:
+        if r["framework"] in BASELINES and r["framework"] not in INSTALLED:
+            assert r["status"] == NOT_INSTALLED and r["train_step_ms"] == "" and r["params"] == "", r
+            continue
         assert r["status"] == "ok", r
+        positive(r["params"])
         steps_per_s, step_ms = positive(r["train_steps_per_s"]), positive(r["train_step_ms"])
         assert steps_per_s * step_ms == pytest.approx(1000.0, rel=1e-3)
         for key in ("first_step_s", "peak_memory_mb", "train_speedup_vs_eager"):
@@ -71,14 +82,20 @@ def test_printed_table_matches_the_markdown_file(quick_run):
     stdout, markdown, rows = quick_run
     assert markdown.strip() in stdout
     table = table_rows(markdown)
-    assert sorted(table) == sorted(itertools.product(MODELS, FRAMEWORKS))
+    assert sorted(table) == EXPECTED
     assert "DDIM-5 latency s (batch 2)" in markdown
     for (model, framework), cells in table.items():
+        if framework in BASELINES and framework not in INSTALLED:
+            assert cells[0] == f"n/a ({NOT_INSTALLED})"
+            continue
         steps_per_s, step_ms, first_s, ddim_s, peak_mb = cells[:5]
         for value in (steps_per_s, step_ms, first_s, peak_mb) + ((ddim_s,) if model in DIFFUSION else ()):
             positive(value)
     for needle in ("command: `python -m benchmarks.run --quick", "jax 0.", "torch 2.", "XLA_FLAGS", "date:"):
         assert needle in markdown
+    models_line = next(ln for ln in markdown.splitlines() if ln.startswith("- unet2d: diffusion UNet"))
+    for name, cls in (("monai", "DiffusionModelUNet"), ("diffusers", "UNet2DModel")):
+        assert (re.search(rf"{cls} [0-9,]+", models_line) is not None) == (name in INSTALLED), models_line
 
 
 @pytest.mark.slow

@@ -1,14 +1,17 @@
 """Multi-host training on this machine: 2 local processes x 4 virtual CPU devices (CPU collectives over
-localhost) train, checkpoint and resume to the parameters of 1 process with 8 devices."""
+localhost) train, are preempted (SIGTERM to ONE process: both save the same step), and resume to the
+parameters of 1 process with 8 devices."""
 from __future__ import annotations
 
 import concurrent.futures
 import json
 import os
+import signal
 import socket
 
 import pytest
 
+from test_resilience import _wait_for_steps
 from test_loop import (assert_same_state, checkpoint_steps, jax_env, load_state, metrics_lines,  # noqa: F401
                        start_train, train)
 
@@ -23,12 +26,16 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _train_2_processes(workdir, steps: int, env: dict) -> list[str]:
-    """Run the tiny training command as 2 processes of a distributed run; returns their stdouts."""
+def _train_2_processes(workdir, steps: int, env: dict, sigterm_after: int | None = None) -> list[str]:
+    """Run the tiny training command as 2 processes of a distributed run; returns their stdouts. With
+    `sigterm_after`, process 1 alone gets SIGTERM once process 0 has logged that many steps."""
     common = dict(XLA_FLAGS="--xla_force_host_platform_device_count=4", JAX_NUM_PROCESSES="2",
                   JAX_COORDINATOR_ADDRESS=f"127.0.0.1:{_free_port()}")
     procs = [start_train(workdir, GLOBAL_BATCH, f"--config.train.steps={steps}", "--distributed", env=env,
                          extra_env=dict(common, JAX_PROCESS_ID=str(i))) for i in range(2)]
+    if sigterm_after:
+        _wait_for_steps(procs[0], workdir, sigterm_after)
+        procs[1].send_signal(signal.SIGTERM)
     try:       # drain both processes' pipes at once: a process blocked on a full pipe would stall the other
         with concurrent.futures.ThreadPoolExecutor(2) as pool:
             outs = list(pool.map(lambda proc: proc.communicate(timeout=900), procs))
@@ -43,14 +50,18 @@ def _train_2_processes(workdir, steps: int, env: dict) -> list[str]:
 
 
 def test_multihost_2_processes_match_1_process_with_8_devices(tmp_path, jax_env):
-    single, multi = tmp_path / "single", tmp_path / "multi"
-    train(single, GLOBAL_BATCH, "--config.train.steps=4", devices=8, env=jax_env)
-    _train_2_processes(multi, 2, jax_env)
-    outs = _train_2_processes(multi, 4, jax_env)             # both processes restore step 2 and go on
+    single, multi, steps = tmp_path / "single", tmp_path / "multi", 40
+    train(single, GLOBAL_BATCH, f"--config.train.steps={steps}", devices=8, env=jax_env)
+    outs = _train_2_processes(multi, steps, jax_env, sigterm_after=2)
+    stopped = metrics_lines(multi)[-1]["step"]
+    assert 2 <= stopped < steps and checkpoint_steps(multi)[-1] == stopped
+    assert f"SIGTERM received: saved step {stopped}" in outs[1]                      # the preempted process
+    assert f"SIGTERM (on another process) received: saved step {stopped}" in outs[0]  # and its peer, same step
+    outs = _train_2_processes(multi, steps, jax_env)          # both processes restore that step and go on
     assert_same_state(load_state(multi), load_state(single), atol=1e-5)
-    assert [m["step"] for m in metrics_lines(multi)] == [1, 2, 3, 4]            # logged once, by process 0
+    assert [m["step"] for m in metrics_lines(multi)] == list(range(1, steps + 1))   # logged once, by process 0
     data_states = sorted(os.listdir(multi / "checkpoints" / str(checkpoint_steps(multi)[-1]) / "data"))
     assert {"process_0-of-2.json", "process_1-of-2.json"} <= set(data_states)   # each process's iterator
     report = json.loads((multi / "report.json").read_text())
-    assert report["step"] == 4 and os.path.isfile(report["samples_png"])         # the report, by process 0
-    assert json.loads(outs[1].strip().splitlines()[-1])["step"] == 4
+    assert report["step"] == steps and os.path.isfile(report["samples_png"])     # the report, by process 0
+    assert json.loads(outs[1].strip().splitlines()[-1])["step"] == steps

@@ -23,13 +23,20 @@ def q_sample(alphas_cumprod: torch.Tensor, x0: torch.Tensor, t: torch.Tensor, no
 
 
 def diffusion_loss(model: torch.nn.Module, x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor,
-                   alphas_cumprod: torch.Tensor, cond: dict | None = None) -> torch.Tensor:
-    """Scalar MSE between `model(q_sample(x0, t, noise), t, cond)` and `noise` (jaxdiff's "eps" / "mse" loss).
+                   alphas_cumprod: torch.Tensor, cond: dict | None = None, prediction: str = "eps") -> torch.Tensor:
+    """Scalar MSE between `model(q_sample(x0, t, noise), t, cond)` and its target: `noise` (jaxdiff's "eps" /
+    "mse" loss) or, with prediction "v", v = sqrt(a_t) noise - sqrt(1 - a_t) x0.
 
     x0, noise: (B, C, *spatial); t: (B,) int64 indices into alphas_cumprod (T,) (float32 or float64).
     """
     x_t = q_sample(alphas_cumprod, x0, t, noise).to(x0.dtype)
-    return F.mse_loss(model(x_t, t, cond), noise)
+    target = noise
+    if prediction == "v":
+        a = alphas_cumprod[t].to(x0.dtype).view(-1, *([1] * (x0.dim() - 1)))
+        target = a.sqrt() * noise - (1 - a).sqrt() * x0
+    elif prediction != "eps":
+        raise ValueError(f"prediction {prediction!r} is not eps or v")
+    return F.mse_loss(model(x_t, t, cond), target)
 
 
 def count_params(module: torch.nn.Module) -> int:

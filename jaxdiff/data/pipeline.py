@@ -9,6 +9,7 @@ have seen. `get_source` builds the source named by a config's `data` block, with
 from __future__ import annotations
 
 import inspect
+import importlib
 import os
 
 import grain
@@ -154,7 +155,25 @@ def _lgg(d, split: str):
                      stratified=bool(d.get("stratified", True)))
 
 
-SOURCES = {"phantom": _phantom, "phantom3d": _phantom3d, "brats": _brats, "lgg": _lgg}
+SOURCES = {"phantom": _phantom, "phantom3d": _phantom3d, "brats": _brats, "lgg": _lgg,
+           # Sources in their own modules, as "module:factory"; factory(data_config, split) -> source.
+           "ixi": "jaxdiff.data.sources.ixi:from_config",
+           "mrnet": "jaxdiff.data.sources.mrnet:from_config",
+           "image_folder": "jaxdiff.data.sources.image_folder:from_config",
+           "mask_folder": "jaxdiff.data.sources.mask_folder:from_config",
+           "tfds": "jaxdiff.data.arrayrecord:from_config"}
+
+
+def raw_source(data_config, split: str):
+    """The source's own examples for `split`, before patches and transforms (what `prepare_data` stores)."""
+    name = data_config.get("source", None)
+    if name not in SOURCES:
+        raise InputError(f"config key data.source: {name!r} is not one of {', '.join(SOURCES)}")
+    factory = SOURCES[name]
+    if isinstance(factory, str):
+        module, attr = factory.split(":")
+        factory = getattr(importlib.import_module(module), attr)
+    return factory(data_config, check_split(split))
 
 
 class TransformedSource:
@@ -183,6 +202,77 @@ class TransformedSource:
         return getattr(self.source, name)
 
 
+REGION_NAMES = tuple(f"{'right' if r else 'left'}-{'anterior' if a else 'posterior'}-"
+                     f"{'superior' if s else 'inferior'}" for r in (0, 1) for a in (0, 1) for s in (0, 1))
+
+
+def region_label(start, patch, shape) -> int:
+    """Brain-region label of a patch: the octant of the volume holding the patch centre, in RAS voxel axes.
+
+    label = 4 r + 2 a + s with r, a, s = 1 when the centre start + patch / 2 lies beyond the volume's middle
+    along X (right), Y (anterior), Z (superior); a patch spanning a whole axis counts as 0 there. 0..7, names
+    in REGION_NAMES.
+    """
+    bits = [int(b + p / 2 > n / 2) for b, p, n in zip(start, patch, shape)]
+    return 4 * bits[0] + 2 * bits[1] + bits[2]
+
+
+def region_start(label: int, patch, shape) -> tuple:
+    """A representative patch origin (voxels) for region `label`: the middle of the origins that give it."""
+    bits = ((int(label) >> 2) & 1, (int(label) >> 1) & 1, int(label) & 1)
+    return tuple(int(round((n - p) * (0.75 if b else 0.25))) if n > p else 0 for b, p, n in zip(bits, patch, shape))
+
+
+class PatchSource:
+    """Random 3D patches of a volume source, each with its brain-region label (see `region_label`).
+
+    Example j is patch j % k of volume j // k (k = patches_per_volume): origin drawn uniformly from
+    `np.random.default_rng((*seed, j))`, so a patch is a pure function of (seed, j), whatever the epoch or a
+    resume. Returns the volume example with every (X, Y, Z, ...) array cropped, "label" int32, "affine"
+    shifted to the patch origin and "origin" (3,) int32. `volumes` is the wrapped whole-volume source.
+    """
+
+    def __init__(self, volumes, patch_size, patches_per_volume: int = 8, seed: tuple = (0,)):
+        self.volumes, self.patch, self.k, self.seed = volumes, tuple(patch_size), int(patches_per_volume), tuple(seed)
+        shape = tuple(volumes[0]["image"].shape[:3])
+        if len(self.patch) != 3 or any(not 0 < p <= n for p, n in zip(self.patch, shape)):
+            raise InputError(f"config key data.patch_size: {patch_size!r} is not a 3D size within the volume "
+                             f"shape {shape}")
+        if self.k < 1:
+            raise InputError(f"config key data.patches_per_volume: {patches_per_volume} is not >= 1")
+
+    def __len__(self) -> int:
+        return len(self.volumes) * self.k
+
+    def __getitem__(self, idx: int) -> dict:
+        example = self.volumes[int(idx) // self.k]
+        shape = example["image"].shape[:3]
+        rng = np.random.default_rng((*self.seed, int(idx)))
+        start = tuple(int(rng.integers(0, n - p + 1)) for n, p in zip(shape, self.patch))
+        return self.crop(example, start)
+
+    def crop(self, example: dict, start) -> dict:
+        """`example` cut to the patch at voxel origin `start`, with its label, origin and shifted affine."""
+        shape = example["image"].shape[:3]
+        window = tuple(slice(b, b + p) for b, p in zip(start, self.patch))
+        out = {k: (v[window].copy() if np.ndim(v) >= 3 and v.shape[:3] == shape else v) for k, v in example.items()}
+        out["label"] = np.int32(region_label(start, self.patch, shape))
+        out["origin"] = np.asarray(start, np.int32)
+        if "affine" in example:
+            shift = np.eye(4)
+            shift[:3, 3] = start
+            out["affine"] = (np.asarray(example["affine"], np.float64) @ shift).astype(np.float32)
+        return out
+
+
+def patch_size(data_config):
+    """data.patch_size as a 3-tuple, or None when unset / 0 (whole volumes)."""
+    size = data_config.get("patch_size", None)
+    if not size:
+        return None
+    return _shape3d(size)
+
+
 def train_transform(data_config):
     """The training augmentation `(example, rng) -> example` for `make_dataset(transform=...)`, or None
     (`data.augment`, see `transforms.from_config`)."""
@@ -197,7 +287,8 @@ def get_source(data_config, split: str):
     modality ("t2", "t1,t2", ...), seed, num_cases, slices_per_case, tumour_only, tumour_fraction, fractions,
     split ("random", "seed_s0", or for lgg "seed_s1"), stratified (lgg "seed_s1"), root, slices (indices or
     "seed_s0"), normalise, channels (checked against the source's number of channels), clahe, augment,
-    faithful_augment_test. Bad values raise InputError naming the `data.*` key.
+    faithful_augment_test, patch_size and patches_per_volume (3D: every split served as `PatchSource`
+    patches with region labels). Bad values raise InputError naming the `data.*` key.
 
     `data.clahe` applies `transforms.clahe` to every split. The training augmentation (`data.augment`) is not
     applied here but by `make_dataset(transform=train_transform(data_config))`; with
@@ -205,9 +296,7 @@ def get_source(data_config, split: str):
     a fixed draw seeded by (data.seed, split, index).
     """
     name = data_config.get("source", None)
-    if name not in SOURCES:
-        raise InputError(f"config key data.source: {name!r} is not one of {', '.join(SOURCES)}")
-    source = SOURCES[name](data_config, check_split(split))
+    source = raw_source(data_config, split)
     channels, modalities = data_config.get("channels", None), getattr(source, "modalities", None)
     if channels is not None and modalities is not None and int(channels) != len(modalities):
         raise InputError(f"config key data.channels: {channels} but the {name} source gives "
@@ -215,7 +304,10 @@ def get_source(data_config, split: str):
     every_split, augment = transforms.from_config(data_config)
     if split == "train" or not transforms.config_flag(data_config, "faithful_augment_test"):
         augment = None
-    if every_split is None and augment is None:
-        return source
     seed = (int(data_config.get("seed", 0)), SPLITS.index(split))
-    return TransformedSource(source, every_split, augment, seed=seed)
+    if every_split is not None or augment is not None:
+        source = TransformedSource(source, every_split, augment, seed=seed)
+    patch = patch_size(data_config)
+    if patch is None:
+        return source
+    return PatchSource(source, patch, int(data_config.get("patches_per_volume", 8)), seed=(*seed, 3))

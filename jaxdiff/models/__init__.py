@@ -8,13 +8,15 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
+import pkgutil
 
 from jaxdiff.errors import InputError
 
 REGISTRY: dict = {}
 
-# Modules imported lazily by `build` so that `import jaxdiff.models` stays cheap.
-_MODULES = ("unet", "medsegdiff", "transformer_unet")
+# Model files are imported lazily by `build` (every module and subpackage of jaxdiff.models, found by name), so
+# that `import jaxdiff.models` stays cheap and a new model file registers itself by existing.
+_SKIP = ("layers",)
 
 
 def register(name: str):
@@ -28,12 +30,9 @@ def register(name: str):
 
 
 def _load_all():
-    for mod in _MODULES:
-        try:
-            importlib.import_module(f"jaxdiff.models.{mod}")
-        except ModuleNotFoundError as e:  # a model file not written yet
-            if e.name != f"jaxdiff.models.{mod}":
-                raise
+    for info in pkgutil.iter_modules(__path__):
+        if info.name not in _SKIP and not info.name.startswith("_"):
+            importlib.import_module(f"jaxdiff.models.{info.name}")
 
 
 def build(model_config):

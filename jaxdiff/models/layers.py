@@ -152,6 +152,20 @@ class ResBlock(nn.Module):
         return layer(h) if self.norm_first else h
 
 
+def chunked_attention(q, k, v, chunk: int = 0):
+    """`jax.nn.dot_product_attention` (B, N, heads, d) -> (B, N, heads, d), over query chunks of `chunk`
+    positions when 0 < chunk < N (one rematerialised `lax.map` step per chunk: scores of chunk x N only; the
+    queries are zero-padded to a multiple of the chunk and the padding dropped)."""
+    b, n, heads, d = q.shape
+    if not chunk or n <= chunk:
+        return jax.nn.dot_product_attention(q, k, v, implementation=None)
+    pad = -n % chunk
+    q = jnp.pad(q, ((0, 0), (0, pad), (0, 0), (0, 0)))
+    step = jax.checkpoint(lambda qc: jax.nn.dot_product_attention(qc, k, v, implementation=None))
+    out = jax.lax.map(step, q.reshape(b, (n + pad) // chunk, chunk, heads, d).swapaxes(0, 1))
+    return out.swapaxes(0, 1).reshape(b, n + pad, heads, d)[:, :n]
+
+
 class Attention(nn.Module):
     """Multi-head self-attention over all spatial positions (2D or 3D), residual: x + proj(attn(qkv(GN(x)))).
 
@@ -159,12 +173,17 @@ class Attention(nn.Module):
     otherwise). Heads: C // head_channels when head_channels > 0, else num_heads. Parameters: GN 2C,
     qkv C*3C + 3C, proj C*C + C (proj zero-initialised when `zero_init`, so the block starts as identity).
 
+    `query_chunk` > 0 (memory-efficient attention for XLA backends without a flash kernel, e.g. 3D patches on
+    CPU/TPU): queries are processed in chunks of that many positions in a `lax.map` whose body is
+    rematerialised, so neither pass holds more than chunk x N scores. Same result as the unchunked call.
+
     Call: x (B, ..., C) -> (B, ..., C).
     """
     num_heads: int = 4
     head_channels: int = 0
     groups: int = 32
     zero_init: bool = True
+    query_chunk: int = 0
 
     @nn.compact
     def __call__(self, x):
@@ -174,7 +193,7 @@ class Attention(nn.Module):
             raise InputError(f"config key model.num_heads: {c} channels do not split into {heads} heads")
         h = group_norm(x, self.groups, name="norm").reshape(b, -1, c)
         qkv = nn.Dense(3 * c, name="qkv")(h).reshape(b, h.shape[1], 3, heads, c // heads)
-        out = jax.nn.dot_product_attention(qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2], implementation=None)
+        out = chunked_attention(qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2], self.query_chunk)
         kw = dict(kernel_init=nn.initializers.zeros) if self.zero_init else {}
         out = nn.Dense(c, name="proj", **kw)(out.reshape(b, -1, c))
         return x + out.reshape(x.shape)

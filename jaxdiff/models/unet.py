@@ -18,6 +18,20 @@ from jaxdiff.models.layers import (Attention, Downsample, ResBlock, TimeEmbeddin
                                    group_norm)
 
 
+REMAT_BLOCKS = ("res", "attn")
+
+
+def remat_blocks(remat) -> frozenset:
+    """The block types a `UNet.remat` value recomputes: bool, "res,attn"-style string or tuple of names."""
+    if isinstance(remat, bool):
+        return frozenset(REMAT_BLOCKS if remat else ())
+    names = remat.split(",") if isinstance(remat, str) else list(remat)
+    kinds = frozenset(str(n).strip() for n in names if str(n).strip() and str(n).strip() != "none")
+    if not kinds <= set(REMAT_BLOCKS):
+        raise InputError(f"config key model.remat: {remat!r} names blocks outside {REMAT_BLOCKS}")
+    return kinds
+
+
 @register("unet")
 class UNet(nn.Module):
     """Denoiser `(x_t, t, cond) -> prediction` for 2D (B, H, W, C) or 3D (B, D, H, W, C) inputs.
@@ -39,7 +53,11 @@ class UNet(nn.Module):
         spatial shape, concatenated to x (super-resolution).
       learn_sigma: output 2 * out_channels (prediction and variance interpolation).
       groups: GroupNorm groups (min with the channel count).
-      remat: recompute ResBlocks and Attention in the backward pass (same parameters, less memory).
+      remat: gradient checkpointing (same parameters and results, less memory): False, True (= ("res", "attn")),
+        or the block types to recompute in the backward pass, a tuple of names from REMAT_BLOCKS or a string
+        "res,attn" ("res": ResBlocks, "attn": attention blocks).
+      attention_chunk: > 0 computes attention over query chunks of that many positions (see
+        `layers.Attention.query_chunk`; bounds the memory of 3D attention where no flash kernel is used).
       dims: spatial rank (None: taken from x.ndim); a mismatching input raises InputError.
     Call: x (B, *spatial, C), t (B,) int32, cond None or dict with optional "label" (B,) int32, "low_res",
       "image" (B, *spatial, C_img) concatenated to x; train enables dropout. Returns (B, *spatial, C_out).
@@ -58,7 +76,8 @@ class UNet(nn.Module):
     low_res_channels: int = 0
     learn_sigma: bool = False
     groups: int = 32
-    remat: bool = False
+    remat: bool | str | Sequence[str] = False
+    attention_chunk: int = 0
     dims: int | None = None
 
     @nn.compact
@@ -67,14 +86,16 @@ class UNet(nn.Module):
         cond = dict(cond or {})
         out_channels = (self.out_channels or x.shape[-1]) * (2 if self.learn_sigma else 1)
         emb = self._embedding(t, cond, x.dtype)
-        res_block = nn.remat(ResBlock, static_argnums=(3,)) if self.remat else ResBlock
-        attention = nn.remat(Attention) if self.remat else Attention
+        kinds = remat_blocks(self.remat)
+        res_block = nn.remat(ResBlock, static_argnums=(3,)) if "res" in kinds else ResBlock
+        attention = nn.remat(Attention) if "attn" in kinds else Attention
 
         def res(h, channels, name):
             return res_block(channels, dropout=self.dropout, groups=self.groups, name=f"{name}_res")(h, emb, train)
 
         def attn(h, name):
-            return attention(self.num_heads, self.head_channels, self.groups, name=f"{name}_attn")(h)
+            return attention(self.num_heads, self.head_channels, self.groups, query_chunk=self.attention_chunk,
+                             name=f"{name}_attn")(h)
 
         def block(h, channels, level, name):
             h = res(h, channels, name)

@@ -9,6 +9,9 @@ TASKS = {
     "generation": "jaxdiff.tasks.generation:GenerationTask",
     "segmentation_diffusion": "jaxdiff.tasks.segmentation_diffusion:SegmentationDiffusionTask",
     "segmentation": "jaxdiff.tasks.segmentation:SegmentationTask",
+    "super_resolution": "jaxdiff.tasks.super_resolution:SuperResolutionTask",
+    "classification": "jaxdiff.tasks.classification:ClassificationTask",
+    "promptable_segmentation": "jaxdiff.tasks.promptable_segmentation:PromptableSegmentationTask",
 }
 
 

@@ -3,6 +3,14 @@
 Batch: {"image": (B, ..., C) in [-1, 1], optional "label": (B,) int32}. With `model.num_classes > 0` the label
 conditions the model and is dropped to the null class `num_classes` with probability `diffusion.cond_drop`
 (classifier-free guidance).
+
+3D (`data.dims = 3`): training examples are whole volumes (`data.image_size`) or, with `data.patch_size`,
+random patches labelled with their brain region (`data.pipeline.PatchSource`: the octant of the volume that
+holds the patch centre; 8 labels, `model.num_classes = 8`). Sampling makes patches of the training shape, one
+per region in turn, with guidance `diffusion.guidance_scale`, or with `sample.whole_volume` unconditional
+volumes of `data.image_size` (null label). Outputs: NIfTI files with the affine of the data (a patch is placed
+at its region's representative origin, `pipeline.region_start`), orthogonal-slice montages, a real-vs-generated
+figure, a diffusion-process figure of sample 0's DDIM trajectory and an interactive Plotly view of sample 0.
 """
 from __future__ import annotations
 
@@ -12,6 +20,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxdiff.data import pipeline
+from jaxdiff.io import nifti
 from jaxdiff.metrics import distribution
 from jaxdiff.tasks.base import zeros_like_spec
 from jaxdiff.tasks.diffusion_task import DiffusionTask
@@ -25,11 +35,21 @@ class GenerationTask(DiffusionTask):
     def num_classes(self) -> int:
         return int(self.config.model.get("num_classes", 0))
 
-    def image_shape(self) -> tuple:
+    @property
+    def dims(self) -> int:
+        return int(self.config.data.get("dims", 2))
+
+    def volume_shape(self) -> tuple:
+        """(*spatial, C) of a whole data example (`data.image_size`)."""
         d = self.config.data
         size = d.image_size
-        spatial = tuple(size) if isinstance(size, (tuple, list)) else (size,) * int(d.get("dims", 2))
+        spatial = tuple(size) if isinstance(size, (tuple, list)) else (size,) * self.dims
         return (*spatial, int(d.get("channels", 1)))
+
+    def image_shape(self) -> tuple:
+        """(*spatial, C) of a training example: the 3D patch with `data.patch_size`, else the whole example."""
+        patch = pipeline.patch_size(self.config.data) if self.dims == 3 else None
+        return (*patch, self.volume_shape()[-1]) if patch else self.volume_shape()
 
     def example_batch(self, batch_size: int) -> dict:
         spec = {"image": (self.image_shape(), np.float32)}
@@ -66,20 +86,137 @@ class GenerationTask(DiffusionTask):
                                   num_steps=num_steps)
 
     def finalize(self, state, workdir, val_source, rng) -> dict:
-        """Sample `sample.num` images with the EMA parameters, save a grid, compare with held-out images."""
+        """Sample `sample.num` images with the EMA parameters, save a grid (3D: volumes and figures, see the
+        module docstring), compare with held-out images (pixel MMD on pooled intensities)."""
         num = int(self.config.get("sample", {}).get("num", 16))
-        samples = np.asarray(jax.device_get(self.generate(state.variables(ema=True), num, rng)))
+        if self.dims == 3:
+            step = int(jax.device_get(state.step))
+            out = os.path.join(workdir, "samples", f"step{step:06d}")
+            samples, paths = self._volumes_to_files(state, out, num, None, rng, val_source)
+            return {**self._volume_metrics(samples, self._references(val_source, samples.shape[1:], num)),
+                    "samples_dir": out, "files": len(paths)}
+        variables = state.variables(ema=True)
+        samples = np.asarray(jax.device_get(self.generate(variables, num, rng)))
         step = int(jax.device_get(state.step))
         path = grid.save_grid(samples, os.path.join(workdir, "samples", f"samples_step{step:06d}.png"), scale=2)
         ref = np.stack([val_source[i]["image"] for i in range(min(len(val_source), max(num, 2)))])
-        return {"pixel_mmd": distribution.mmd_rbf(distribution.pooled_pixels(samples),
-                                                 distribution.pooled_pixels(ref)),
-                "samples_png": path}
+        out = {"pixel_mmd": distribution.mmd_rbf(distribution.pooled_pixels(samples), distribution.pooled_pixels(ref)),
+               "samples_png": path}
+        if self.config.get("sample", {}).get("kid", False):
+            out.update(self._kid(variables, val_source, jax.random.fold_in(rng, 1)))
+        return out
+
+    def _kid(self, variables, val_source, rng) -> dict:
+        """KID (Keras DDIM example) of `sample.kid_num` images drawn with `sample.kid_steps` DDIM steps against as
+        many held-out images, on the `sample.kid_features` extractor (`sample.kid_weights` file if it needs one)."""
+        from jaxdiff.metrics import features
+        s = self.config.sample
+        extractor = features.get_extractor(s.get("kid_features", "in_project"), s.get("kid_weights", "") or None,
+                                           resize_to=int(s.get("kid_image_size", 75)) or None)
+        n = min(len(val_source), int(s.get("kid_num", 64)))
+        real = np.stack([val_source[i]["image"] for i in range(n)])
+        fake = np.asarray(jax.device_get(self.generate(variables, n, rng, num_steps=int(s.get("kid_steps", 5)))))
+        kid, kid_std = distribution.kid(extractor(real), extractor(fake))
+        return {"kid": kid, "kid_std": kid_std, "kid_features": extractor.description}
 
     def sample_to_files(self, state, out_dir: str, num: int, steps, rng) -> list[str]:
-        """`jaxdiff.sample`: a grid PNG plus one PNG per sample (2D)."""
+        """`jaxdiff.sample`: a grid PNG plus one PNG per sample (2D); NIfTI volumes and figures (3D)."""
+        if self.dims == 3:
+            return self._volumes_to_files(state, out_dir, num, steps, rng, None)[1]
         samples = np.asarray(jax.device_get(self.generate(state.variables(ema=True), num, rng, num_steps=steps)))
         paths = [grid.save_grid(samples, os.path.join(out_dir, "grid.png"), scale=2)]
         for i, s in enumerate(samples):
             paths.append(grid.save_grid(s[None], os.path.join(out_dir, f"sample_{i:03d}.png"), ncol=1))
         return paths
+
+    # --- 3D -------------------------------------------------------------------------------------------
+    def _whole_volume(self) -> bool:
+        return bool(self.config.get("sample", {}).get("whole_volume", False))
+
+    def generate_volumes(self, variables, num: int, rng, num_steps=None):
+        """3D sampling in one scan. Returns (samples (num, X, Y, Z, C), region labels (num,) int or None
+        (whole volumes / unconditional), DDIM trajectory of sample 0 (S, X, Y, Z, C)) as NumPy arrays."""
+        whole = self._whole_volume()
+        shape = (num, *(self.volume_shape() if whole else self.image_shape()))
+        labels = None if whole or not self.num_classes else np.arange(num) % self.num_classes
+        cond = uncond = None
+        if labels is not None:
+            cond = {"label": jnp.asarray(labels, jnp.int32)}
+            uncond = {"label": jnp.full((num,), self.num_classes, jnp.int32)}
+        x, traj = self.jitted_sample(variables, shape, rng, cond=cond, uncond=uncond, num_steps=num_steps,
+                                     return_trajectory=True)
+        return np.asarray(jax.device_get(x)), labels, np.asarray(jax.device_get(traj[:, 0]))
+
+    def _affines(self, source, labels, num: int) -> list:
+        """Voxel -> mm affine per sample: the data's (first volume of `source`), shifted to each patch's region
+        origin for patch samples."""
+        volumes = getattr(source, "volumes", source)
+        base = np.asarray(volumes[0]["affine"], np.float64)
+        if labels is None:
+            return [base] * num
+        spatial = self.volume_shape()[:-1]
+        shifts = []
+        for label in labels:
+            shift = np.eye(4)
+            shift[:3, 3] = pipeline.region_start(label, self.image_shape()[:-1], spatial)
+            shifts.append(base @ shift)
+        return shifts
+
+    def _references(self, source, shape, num: int) -> np.ndarray:
+        """Up to max(num, 2) real examples of `shape` (X, Y, Z, C), spread evenly over `source`: whole volumes
+        or patches."""
+        volumes = getattr(source, "volumes", source)
+        ref = source if tuple(source[0]["image"].shape) == tuple(shape) else volumes
+        picks = np.unique(np.linspace(0, len(ref) - 1, min(len(ref), max(num, 2))).round().astype(int))
+        return np.stack([ref[int(i)]["image"] for i in picks])
+
+    def _volumes_to_files(self, state, out_dir: str, num: int, steps, rng, source):
+        """Sample and write NIfTI + montage per sample, real-vs-generated, process figure and HTML view of
+        sample 0 into `out_dir`. Returns (samples, written paths)."""
+        from jaxdiff.viz import volume
+        source = source if source is not None else pipeline.get_source(self.config.data, "val")
+        samples, labels, traj = self.generate_volumes(state.variables(ema=True), num, rng, num_steps=steps)
+        affines = self._affines(source, labels, num)
+        paths = []
+        for i, (sample, affine) in enumerate(zip(samples, affines)):
+            name = os.path.join(out_dir, f"sample_{i:03d}" + ("" if labels is None else f"_region{labels[i]}"))
+            paths.append(nifti.save_nifti(name + ".nii.gz", sample, affine))
+            paths.append(volume.save_montage(sample, name + "_montage.png"))
+        real = self._references(source, samples.shape[1:], num)[:num]
+        paths.append(volume.save_real_vs_generated(real, samples[: len(real)],
+                                                   os.path.join(out_dir, "real_vs_generated.png")))
+        paths.append(volume.save_process(traj, os.path.join(out_dir, "diffusion_process.png")))
+        spacing = tuple(float(z) for z in np.sqrt((affines[0][:3, :3] ** 2).sum(axis=0)))
+        paths.append(volume.save_html(samples[0], os.path.join(out_dir, "sample_000.html"), spacing=spacing))
+        return samples, [str(p) for p in paths]
+
+    @staticmethod
+    def _volume_metrics(samples, ref) -> dict:
+        """Generated vs real volumes (N, X, Y, Z, C): squared MMD on the features of the default 3D encoder
+        (`metrics.features3d`: a fixed random 3D CNN, not a trained encoder) and on 8x8x8 block means, and the
+        mean pairwise MS-SSIM within each set (diversity: lower is more varied). None below 2 volumes a set."""
+        if len(samples) < 2 or len(ref) < 2:
+            return dict.fromkeys(("feature_mmd_random_conv3d", "pixel_mmd", "ms_ssim_generated", "ms_ssim_real"))
+        from jaxdiff.metrics import features3d
+        return {"feature_mmd_random_conv3d": features3d.distance(ref, samples, kind="mmd"),
+                "pixel_mmd": distribution.mmd_rbf(_block_means(samples), _block_means(ref)),
+                "ms_ssim_generated": _pairwise_ms_ssim(samples), "ms_ssim_real": _pairwise_ms_ssim(ref)}
+
+
+def _pairwise_ms_ssim(volumes) -> float:
+    """Mean MS-SSIM (data range 2, for [-1, 1]) over all pairs of (N, X, Y, Z, C) volumes, N >= 2."""
+    from jaxdiff.metrics import image_quality
+    i, j = np.triu_indices(len(volumes), 1)
+    x = np.clip(np.asarray(volumes, np.float32), -1.0, 1.0)
+    return float(np.mean(np.asarray(image_quality.ms_ssim(x[i], x[j], data_range=2.0))))
+
+
+def _block_means(x, cells: int = 8) -> np.ndarray:
+    """(N, *spatial, C) -> (N, F) features: the mean over about `cells` blocks per spatial axis."""
+    x = np.asarray(x, np.float64)
+    for axis in range(1, x.ndim - 1):
+        f = max(x.shape[axis] // cells, 1)
+        n = x.shape[axis] // f
+        x = np.take(x, np.arange(n * f), axis=axis)
+        x = x.reshape(*x.shape[:axis], n, f, *x.shape[axis + 1:]).mean(axis=axis + 1)
+    return x.reshape(len(x), -1)

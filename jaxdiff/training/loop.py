@@ -71,11 +71,27 @@ class MetricLogger:
 
 
 class StopSignal:
-    """Turns SIGTERM/SIGINT into a flag the loop checks after each step (preemption-safe exit)."""
+    """Turns SIGTERM/SIGINT into a flag the loop checks after each step (preemption-safe exit).
 
-    def __init__(self):
+    With several processes a signal may reach only some of them (one preempted host), and all must save the
+    same step: `agreed(step)` is checked by every process at the same steps (every `every` steps, one tiny
+    all-reduce of the flags over `mesh`), so they stop together; in between, a signalled process keeps stepping.
+    """
+
+    def __init__(self, mesh=None, every: int = 1):
         self.received = None
+        self.mesh, self.every = mesh, max(1, int(every))
         self._old = {}
+
+    def agreed(self, step: int) -> str | None:
+        """The signal name to stop on at `step`, the same on every process; None to go on."""
+        if jax.process_count() == 1:
+            return self.received
+        if step % self.every:
+            return None
+        if not shd.any_process(self.received is not None, self.mesh):
+            return None
+        return self.received or "SIGTERM (on another process)"
 
     def __enter__(self):
         for sig in (signal.SIGTERM, signal.SIGINT):
@@ -144,6 +160,8 @@ def train(config, workdir: str, quiet: bool = False) -> dict:
     ckpt = Checkpointer(workdir, every=int(tc.get("ckpt_every", 1000)), keep=int(tc.get("keep_checkpoints", 3)))
     if ckpt.latest_step() is not None:
         state = ckpt.restore(state, train_iter)
+    elif hasattr(task, "initial_state"):  # a fresh run may start from given weights (classification: train.init_from)
+        state = task.initial_state(state)
     start = int(jax.device_get(state.step))
     # Read the first batch before writing anything: bad data must leave an existing work directory as it was.
     batches = itertools.chain([next(train_iter)], train_iter) if start < steps else iter(())
@@ -154,7 +172,8 @@ def train(config, workdir: str, quiet: bool = False) -> dict:
     logger = MetricLogger(workdir, enabled=is_main)
     log_every, max_bad = int(tc.get("log_every", 50)), int(tc.get("max_bad_steps", 20))
     timing = {}
-    with StopSignal() as stop, tqdm(total=steps, initial=start, disable=quiet or not is_main,
+    # Multi-process runs agree on stopping at logging steps, at least every 10 steps.
+    with StopSignal(mesh, every=min(log_every, 10)) as stop, tqdm(total=steps, initial=start, disable=quiet or not is_main,
                                     desc="train", dynamic_ncols=True) as bar:
         t_last, n_last = time.perf_counter(), start
         for step in range(start + 1, steps + 1):
@@ -166,7 +185,8 @@ def train(config, workdir: str, quiet: bool = False) -> dict:
                 timing["first_step_s"] = time.perf_counter() - t0
                 t_last, n_last = time.perf_counter(), step
             bar.update(1)
-            if step % log_every == 0 or step == steps or stop.received:
+            stopping = stop.agreed(step)
+            if step % log_every == 0 or step == steps or stopping:
                 metrics = jax.device_get(metrics)
                 now = time.perf_counter()
                 rate = {"steps_per_s": (step - n_last) / max(now - t_last, 1e-9)} if step > n_last else {}
@@ -177,11 +197,11 @@ def train(config, workdir: str, quiet: bool = False) -> dict:
                     ckpt.close()
                     raise SystemExit(f"error: {max_bad} non-finite steps in a row at step {step}; stopped. "
                                      f"The last good checkpoint is in {ckpt.directory}.")
-            ckpt.save(step, state, train_iter, force=stop.received is not None)
-            if stop.received:
+            ckpt.save(step, state, train_iter, force=stopping is not None)
+            if stopping:
                 ckpt.close()
                 logger.close()
-                print(f"{stop.received} received: saved step {step} to {ckpt.directory}; re-run to resume.")
+                print(f"{stopping} received: saved step {step} to {ckpt.directory}; re-run to resume.")
                 return {"stopped_at": step}
     if ckpt.latest_step() != steps:
         ckpt.save(steps, state, train_iter, force=True)

@@ -63,3 +63,16 @@ def global_batch(local_batch: dict, mesh) -> dict:
     """
     sharding = batch_sharding(mesh)
     return jax.tree.map(lambda x: jax.make_array_from_process_local_data(sharding, np.asarray(x)), local_batch)
+
+
+def any_process(flag: bool, mesh) -> bool:
+    """True on every process if `flag` is True on any process. One all-reduce over the mesh's devices (the
+    devices of the train step, so no new communicator is set up); a host sync point."""
+    spec = NamedSharding(mesh, P(tuple(mesh.axis_names)))
+    local = np.full((len(mesh.local_devices),), int(bool(flag)), np.int32)
+    return bool(jax.device_get(_global_max(jax.make_array_from_process_local_data(spec, local))))
+
+
+@jax.jit
+def _global_max(x):
+    return jax.numpy.max(x)

@@ -5,6 +5,7 @@ EMA parameters, non-parameter model collections (BatchNorm statistics) and the n
 """
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import jax
@@ -68,7 +69,12 @@ def learning_rate_schedule(train_cfg) -> optax.Schedule:
 
 
 def make_optimizer(train_cfg) -> optax.GradientTransformation:
-    """Optimiser from `train.optimizer` (adamw | adam | sgd), with global-norm clipping `train.grad_clip` (0: off)."""
+    """Optimiser from `train.optimizer` (adamw | adam | sgd), with global-norm clipping `train.grad_clip` (0: off).
+
+    `train.trainable` (list of regexes on "/"-joined parameter names, e.g. ["head"] or ["layer4", "head"];
+    empty or absent: everything) freezes the other parameters (transfer learning): their updates are zero
+    (no weight decay either), the optimiser keeps no moments for them, and clipping sees trained gradients only.
+    """
     sched = learning_rate_schedule(train_cfg)
     name = train_cfg.get("optimizer", "adamw")
     wd = float(train_cfg.get("weight_decay", 0.0))
@@ -82,4 +88,21 @@ def make_optimizer(train_cfg) -> optax.GradientTransformation:
     else:
         raise InputError(f"config key train.optimizer: unknown {name!r} (adamw, adam or sgd)")
     clip = float(train_cfg.get("grad_clip", 0.0))
-    return optax.chain(optax.clip_by_global_norm(clip), opt) if clip > 0 else opt
+    opt = optax.chain(optax.clip_by_global_norm(clip), opt) if clip > 0 else opt
+    trainable = train_cfg.get("trainable", None)
+    try:
+        patterns = [re.compile(str(p)) for p in ([trainable] if isinstance(trainable, str) else trainable or [])]
+    except re.error as e:
+        raise InputError(f"config key train.trainable: bad regex ({e})") from None
+    if not patterns:
+        return opt
+
+    def labels(params):  # "/"-joined parameter names, e.g. "head/kernel", matched from their start
+        tree = jax.tree_util.tree_map_with_path(
+            lambda path, _: "train" if any(r.match("/".join(str(getattr(k, "key", k)) for k in path))
+                                           for r in patterns) else "freeze", params)
+        if "train" not in jax.tree.leaves(tree):
+            raise InputError(f"config key train.trainable: {trainable!r} matches no parameter")
+        return tree
+
+    return optax.multi_transform({"train": opt, "freeze": optax.set_to_zero()}, labels)
