@@ -7,6 +7,11 @@ import sys
 
 import pytest
 
+# The suite is compile-bound, and jaxdiff's XLA:CPU defaults (YNNPACK fusions, see jaxdiff/__init__.py) trade
+# compile time for step time: tests (and the processes they start) run without them, except
+# tests/test_xla_cpu_defaults.py, which checks that they leave the numbers unchanged.
+os.environ.setdefault("JAXDIFF_XLA_CPU_DEFAULTS", "0")
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 

@@ -198,8 +198,8 @@ def test_tiny_cascade_trains_and_samples(tmp_path):
     assert proc.returncode == 0, proc.stderr[-2000:]
     written = json.loads(proc.stdout.strip().splitlines()[-1])["written"]
     from PIL import Image
-    for size in (16, 32, 64):
-        folder = out / f"stage{(16, 32, 64).index(size)}_{size}x{size}"
+    for size in (64, 128, 256):
+        folder = out / f"stage{(64, 128, 256).index(size)}_{size}x{size}"
         assert Image.open(folder / "sample_001.png").size == (size, size)
         assert str(folder / "grid.png") in written
     bad = run_python(["-m", "jaxdiff.sample", "--cascade", f"{workdirs[0]},{workdirs[2]}", "--out", str(out)])

@@ -1,0 +1,45 @@
+"""jaxdiff's XLA:CPU defaults (jaxdiff/__init__.py) change speed, not results: a UNet train step's loss and
+gradients with them equal those without, and the flags reach XLA_FLAGS only when allowed."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+
+from conftest import run_python
+
+SCRIPT = """
+import json, os, sys
+import jaxdiff, jax, jax.numpy as jnp, numpy as np
+from configs import quickstart
+from jaxdiff import tasks
+c = quickstart.get_config()
+c.model.update(dict(base_channels=8, channel_mults=(1, 2), attention_levels=(1,), groups=4))
+c.data.image_size = 16
+task = tasks.build(c)
+x = np.random.default_rng(0).uniform(-1, 1, (4, 16, 16, 1)).astype(np.float32)
+variables = task.init(jax.random.PRNGKey(0), {"image": x})
+def loss(p):
+    out = task.model.apply({"params": p}, x, jnp.array([1, 50, 300, 900]), None)
+    return jnp.mean((out - x) ** 2)
+value, grads = jax.jit(jax.value_and_grad(loss))(variables["params"])
+flat = np.concatenate([np.ravel(g) for g in jax.tree.leaves(grads)])
+print(json.dumps({"flags": os.environ.get("XLA_FLAGS", ""), "loss": float(value), "grads": flat[::97].tolist()}))
+"""
+
+
+def _run(defaults: str) -> dict:
+    proc = run_python(["-c", SCRIPT], env_extra={"JAXDIFF_XLA_CPU_DEFAULTS": defaults, "XLA_FLAGS": ""})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def test_cpu_defaults_change_flags_not_results():
+    import jaxdiff
+    on, off = _run("1"), _run("0")
+    assert all(flag in on["flags"] for flag in jaxdiff.CPU_XLA_FLAGS)
+    assert not any(flag.split("=")[0] in off["flags"] for flag in jaxdiff.CPU_XLA_FLAGS)
+    assert on["loss"] > 0 and abs(on["loss"] - off["loss"]) <= 1e-6 * off["loss"]
+    g_on, g_off = np.asarray(on["grads"]), np.asarray(off["grads"])
+    assert np.abs(g_off).max() > 0
+    np.testing.assert_allclose(g_on, g_off, rtol=0, atol=1e-5 * np.abs(g_off).max())
