@@ -19,10 +19,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import serialization
-from scipy import linalg
 
 from jaxdiff.errors import InputError
-from jaxdiff.metrics.distribution import mmd_rbf
+from jaxdiff.metrics.distribution import fid, frechet_distance, mmd_rbf  # noqa: F401 (re-export)
 
 KINDS = ("mmd", "fid")
 
@@ -134,24 +133,6 @@ def default_extractor(channels: int = 1) -> Callable:
     return get_extractor("random_conv3d", channels=channels)
 
 
-def frechet_distance(mu1, sigma1, mu2, sigma2, eps: float = 1e-6) -> float:
-    """Fréchet distance between Gaussians N(mu1, sigma1) and N(mu2, sigma2) (the FID formula).
-
-    d = |mu1 - mu2|^2 + tr(sigma1 + sigma2 - 2 sqrtm(sigma1 sigma2)), with scipy.linalg.sqrtm; when the
-    product is singular enough for sqrtm to fail, eps * I is added to both covariances (as pytorch-fid does).
-    Args: means (F,), covariances (F, F). Returns a float >= 0 up to rounding.
-    """
-    mu1, mu2 = np.atleast_1d(np.asarray(mu1, np.float64)), np.atleast_1d(np.asarray(mu2, np.float64))
-    s1, s2 = np.atleast_2d(np.asarray(sigma1, np.float64)), np.atleast_2d(np.asarray(sigma2, np.float64))
-    covmean = linalg.sqrtm(s1 @ s2)
-    if not np.all(np.isfinite(covmean)):
-        offset = eps * np.eye(len(s1))
-        covmean = linalg.sqrtm((s1 + offset) @ (s2 + offset))
-    covmean = np.real(covmean)
-    diff = mu1 - mu2
-    return float(diff @ diff + np.trace(s1) + np.trace(s2) - 2.0 * np.trace(covmean))
-
-
 def distance(real, generated, extractor: str | Callable | None = None, kind: str = "mmd") -> float:
     """Distribution distance between two sets of volumes on 3D encoder features.
 
@@ -176,4 +157,4 @@ def distance(real, generated, extractor: str | Callable | None = None, kind: str
         raise InputError(f"3D distance: need at least 2 volumes per set, got {len(fr)} and {len(fg)}")
     if kind == "mmd":
         return mmd_rbf(fr, fg)
-    return frechet_distance(fr.mean(0), np.cov(fr, rowvar=False), fg.mean(0), np.cov(fg, rowvar=False))
+    return fid(fr, fg)

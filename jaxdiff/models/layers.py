@@ -6,12 +6,14 @@ the dtype of their inputs and parameters (the task casts both for bf16 compute);
 from __future__ import annotations
 
 import functools
+import itertools
 import math
 from typing import Callable
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from jaxdiff.errors import InputError
 
@@ -47,8 +49,9 @@ def spatial_broadcast(v, ndim: int):
     return v.reshape(v.shape[0], *([1] * (ndim - 2)), v.shape[-1])
 
 
-def group_norm(x, groups: int, name: str | None = None):
-    """GroupNorm over channels-last `x` (B, ..., C) with min(groups, C) groups and eps 1e-5 (as PyTorch).
+def group_norm(x, groups: int, name: str | None = None, film=None, act: Callable | None = None):
+    """GroupNorm over channels-last `x` (B, ..., C) with min(groups, C) groups and eps 1e-5 (as PyTorch), then
+    optionally FiLM `film` = (scale, shift) of shape (B, C) and the activation `act`, fused (`GroupNorm`).
 
     Raises InputError when C is not divisible by the group count (a `model.groups` / width mismatch).
     """
@@ -56,7 +59,116 @@ def group_norm(x, groups: int, name: str | None = None):
     g = min(groups, c)
     if c % g:
         raise InputError(f"config key model.groups: {c} channels are not divisible into {g} groups")
-    return nn.GroupNorm(num_groups=g, epsilon=1e-5, name=name)(x)
+    return GroupNorm(num_groups=g, epsilon=1e-5, name=name)(x, film, act)
+
+
+def _group_stats(x, groups: int, eps: float):
+    """Per-(sample, group) mean and 1/std of channels-last `x` (B, ..., C) in float32 -> two (B, G) arrays."""
+    b, c = x.shape[0], x.shape[-1]
+    xf, axes = x.astype(jnp.float32), tuple(range(1, x.ndim - 1))
+    n = x.size // (b * groups)  # elements per group
+    # Per-channel sums first (a reduction over the spatial axes only is what CPU reduction kernels do fast),
+    # then per group on the small (B, C) arrays. One pass E[x^2] - E[x]^2 as Flax's GroupNorm.
+    mean = _group_sum(jnp.sum(xf, axis=axes), groups) / n
+    var = jnp.maximum(_group_sum(jnp.sum(jnp.square(xf), axis=axes), groups) / n - jnp.square(mean), 0.0)
+    return mean, jax.lax.rsqrt(var + eps)
+
+
+def _group_sum(v, groups: int):
+    """(B, C) -> (B, G): sum over each group's C / G consecutive channels."""
+    return v.reshape(v.shape[0], groups, -1).sum(-1)
+
+
+def _per_channel(v, c: int):
+    """(B, G) per-group values -> (B, C) per-channel (each group's value repeated over its C / G channels)."""
+    return jnp.repeat(v, c // v.shape[1], axis=1)
+
+
+def _affine(x, a, b, mean, rstd):
+    """act input y = normalised(x) * a + b as one multiply-add per element: x * A + Bc with (B, C) A and Bc."""
+    c = x.shape[-1]
+    coef = _per_channel(rstd, c) * a
+    coef, offset = _materialise(coef, b - _per_channel(mean, c) * coef)
+    return x.astype(jnp.float32) * spatial_broadcast(coef, x.ndim) + spatial_broadcast(offset, x.ndim)
+
+
+def _materialise(*small):
+    """Compute these small (B, C) arrays once: without the barrier XLA fuses their arithmetic (rsqrt, FiLM
+    split, group repeat) into every element of the big elementwise loop that consumes them."""
+    return jax.lax.optimization_barrier(small)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4, 5))
+def group_norm_act(x, a, b, groups: int, eps: float = 1e-5, act: Callable | None = None):
+    """act(GroupNorm(x) * a + b), fused, with a hand-written backward pass.
+
+    Args:
+      x: (B, ..., C) channels-last input (any float dtype; statistics and arithmetic in float32).
+      a, b: (B, C) per-sample per-channel gain and offset (the norm's scale and bias, times / plus FiLM).
+      groups: number of groups (divides C); eps: variance epsilon; act: elementwise activation or None.
+    Returns:
+      (B, ..., C) array of x's dtype.
+
+    Same function as `nn.GroupNorm` followed by FiLM and the activation; only the derivative is computed
+    differently. The backward pass keeps x and the (B, G) statistics (not the normalised, modulated and
+    activated tensors autodiff would keep) and recomputes the activation's input, so it reads x and the
+    cotangent twice (one reduction, one elementwise pass) and writes dx once: memory-bound normalisation is
+    most of a diffusion UNet's non-convolution time on every backend.
+    """
+    return _group_norm_act_fwd(x, a, b, groups, eps, act)[0]
+
+
+def _group_norm_act_fwd(x, a, b, groups, eps, act):
+    mean, rstd = _group_stats(x, groups, eps)
+    y = _affine(x, a, b, mean, rstd)
+    return (act(y) if act else y).astype(x.dtype), (x, a, b, mean, rstd)
+
+
+def _group_norm_act_bwd(groups, eps, act, res, g):
+    x, a, b, mean, rstd = res
+    c = x.shape[-1]
+    y = _affine(x, a, b, mean, rstd)
+    dy = jax.vjp(act, y)[1](g.astype(jnp.float32))[0] if act else g.astype(jnp.float32)
+    axes = tuple(range(1, x.ndim - 1))
+    xf = x.astype(jnp.float32)
+    sum_dy = jnp.sum(dy, axis=axes)                      # (B, C): gradient of b
+    sum_dyx = jnp.sum(dy * xf, axis=axes)                # (B, C)
+    mean_c, rstd_c = _per_channel(mean, c), _per_channel(rstd, c)
+    da = rstd_c * (sum_dyx - mean_c * sum_dy)            # (B, C): sum of dy * normalised(x)
+    n = x.size // (x.shape[0] * groups)                  # elements per group
+    m1 = _per_channel(_group_sum(a * sum_dy, groups) / n, c)  # group mean of d(normalised x)
+    m2 = _per_channel(_group_sum(a * da, groups) / n, c)      # group mean of d(normalised x) * normalised x
+    # dx = rstd * (dy * a - m1 - normalised(x) * m2), written as dy * A + x * C1 + C0 with (B, C) coefficients
+    c2, c1, c0 = _materialise(rstd_c * a, -rstd_c * rstd_c * m2, rstd_c * (mean_c * rstd_c * m2 - m1))
+    dx = dy * spatial_broadcast(c2, x.ndim) + xf * spatial_broadcast(c1, x.ndim) + spatial_broadcast(c0, x.ndim)
+    return dx.astype(x.dtype), da.astype(a.dtype), sum_dy.astype(b.dtype)
+
+
+group_norm_act.defvjp(_group_norm_act_fwd, _group_norm_act_bwd)
+
+
+class GroupNorm(nn.Module):
+    """GroupNorm over the channels of (B, ..., C) with learned per-channel `scale` and `bias` (the parameters
+    of `nn.GroupNorm`, same names and init), optionally followed by a FiLM modulation and an activation, fused
+    into one `group_norm_act` call.
+
+    Call: x (B, ..., C), film (scale, shift) pair of (B, C) arrays or None, act -> (B, ..., C):
+      act((GN(x) * gamma + beta) * (1 + scale) + shift).
+    """
+    num_groups: int
+    epsilon: float = 1e-5
+
+    @nn.compact
+    def __call__(self, x, film=None, act: Callable | None = None):
+        c = x.shape[-1]
+        gamma = self.param("scale", nn.initializers.ones, (c,), jnp.float32)
+        beta = self.param("bias", nn.initializers.zeros, (c,), jnp.float32)
+        a = jnp.broadcast_to(gamma, (x.shape[0], c))
+        b = jnp.broadcast_to(beta, (x.shape[0], c))
+        if film is not None:
+            scale, shift = film
+            a, b = a * (1 + scale), b * (1 + scale) + shift
+        return group_norm_act(x, a, b, self.num_groups, self.epsilon, act)
 
 
 def conv(features: int, ndim: int, kernel: int = 3, stride: int = 1, zero_init: bool = False,
@@ -92,18 +204,21 @@ class FiLM(nn.Module):
 
     Attributes: features (C, channels of x); scale (False: additive shift only, Dense(C) instead of Dense(2C)).
     Call: x (B, ..., C), cond (B, E) -> (B, ..., C). `cond` is used as given (apply any activation before).
+    `modulation(cond)` -> (scale or None, shift), each (B, C), for a caller that fuses the modulation.
     """
     features: int
     scale: bool = True
 
-    @nn.compact
+    def setup(self):
+        self.dense = nn.Dense(self.features * (2 if self.scale else 1))
+
+    def modulation(self, cond):
+        out = self.dense(cond)
+        return tuple(jnp.split(out, 2, axis=-1)) if self.scale else (None, out)
+
     def __call__(self, x, cond):
-        out = nn.Dense(self.features * (2 if self.scale else 1), name="dense")(cond)
-        out = spatial_broadcast(out, x.ndim)
-        if not self.scale:
-            return x + out
-        scale, shift = jnp.split(out, 2, axis=-1)
-        return x * (1 + scale) + shift
+        scale, shift = (spatial_broadcast(v, x.ndim) if v is not None else None for v in self.modulation(cond))
+        return x + shift if scale is None else x * (1 + scale) + shift
 
 
 class ResBlock(nn.Module):
@@ -141,27 +256,71 @@ class ResBlock(nn.Module):
         layer = conv(c, h.ndim, zero_init=self.zero_init and i == 1, name=f"conv_{i}")
         if not self.norm_first:
             h = layer(h)
+        film = None
         if cond is not None and not self.use_scale_shift_norm:
             h = FiLM(c, scale=False, name="film")(h, cond)
-        h = group_norm(h, self.groups, name=f"norm_{i}")
-        if cond is not None and self.use_scale_shift_norm:
-            h = FiLM(c, name="film")(h, cond)
-        h = self.act(h)
+        elif cond is not None:
+            film = FiLM(c, name="film").modulation(cond)
+        h = group_norm(h, self.groups, name=f"norm_{i}", film=film, act=self.act)
         if i == 1:
             h = nn.Dropout(self.dropout, deterministic=not train)(h)
         return layer(h) if self.norm_first else h
 
 
+def dot_product_attention(q, k, v):
+    """softmax(q k^T / sqrt(d)) v: q (B, N, heads, d), k and v (B, M, heads, d) -> (B, N, heads, d).
+
+    On GPU `jax.nn.dot_product_attention` (cuDNN flash attention when dtype and head size allow). On the other
+    backends `_attention`: heads-major matmuls and a hand-written backward pass from the saved probabilities
+    (XLA's differentiation of the library's softmax took 2-3x longer on the CPU, see benchmarks/README.md).
+    """
+    if jax.default_backend() == "gpu":
+        return jax.nn.dot_product_attention(q, k, v, implementation=None)
+    heads_major = lambda a: a.swapaxes(1, 2)  # noqa: E731  (B, N, h, d) <-> (B, h, N, d)
+    return heads_major(_attention(heads_major(q), heads_major(k), heads_major(v)))
+
+
+def _scores(q, k):
+    """(B, h, N, d), (B, h, M, d) -> (B, h, N, M) float32 scaled scores."""
+    return jnp.einsum("bhqd,bhkd->bhqk", q * jnp.asarray(q.shape[-1] ** -0.5, q.dtype), k,
+                      preferred_element_type=jnp.float32)
+
+
+@jax.custom_vjp
+def _attention(q, k, v):
+    """Heads-major attention (B, h, N, d) -> (B, h, N, d); the primal normalises after the second matmul."""
+    s = _scores(q, k)
+    e = jnp.exp(s - s.max(-1, keepdims=True))
+    out = jnp.einsum("bhqk,bhkd->bhqd", e.astype(v.dtype), v, preferred_element_type=jnp.float32)
+    return (out / e.sum(-1, keepdims=True)).astype(v.dtype)
+
+
+def _attention_fwd(q, k, v):
+    p = jax.nn.softmax(_scores(q, k), axis=-1)
+    return jnp.einsum("bhqk,bhkd->bhqd", p.astype(v.dtype), v).astype(v.dtype), (q, k, v, p)
+
+
+def _attention_bwd(res, g):
+    q, k, v, p = res
+    dv = jnp.einsum("bhqk,bhqd->bhkd", p.astype(g.dtype), g)
+    dp = jnp.einsum("bhqd,bhkd->bhqk", g, v, preferred_element_type=jnp.float32)
+    ds = (p * (dp - jnp.sum(dp * p, axis=-1, keepdims=True)) * q.shape[-1] ** -0.5).astype(q.dtype)
+    return jnp.einsum("bhqk,bhkd->bhqd", ds, k), jnp.einsum("bhqk,bhqd->bhkd", ds, q), dv
+
+
+_attention.defvjp(_attention_fwd, _attention_bwd)
+
+
 def chunked_attention(q, k, v, chunk: int = 0):
-    """`jax.nn.dot_product_attention` (B, N, heads, d) -> (B, N, heads, d), over query chunks of `chunk`
+    """`dot_product_attention` (B, N, heads, d) -> (B, N, heads, d), over query chunks of `chunk`
     positions when 0 < chunk < N (one rematerialised `lax.map` step per chunk: scores of chunk x N only; the
     queries are zero-padded to a multiple of the chunk and the padding dropped)."""
     b, n, heads, d = q.shape
     if not chunk or n <= chunk:
-        return jax.nn.dot_product_attention(q, k, v, implementation=None)
+        return dot_product_attention(q, k, v)
     pad = -n % chunk
     q = jnp.pad(q, ((0, 0), (0, pad), (0, 0), (0, 0)))
-    step = jax.checkpoint(lambda qc: jax.nn.dot_product_attention(qc, k, v, implementation=None))
+    step = jax.checkpoint(lambda qc: dot_product_attention(qc, k, v))
     out = jax.lax.map(step, q.reshape(b, (n + pad) // chunk, chunk, heads, d).swapaxes(0, 1))
     return out.swapaxes(0, 1).reshape(b, n + pad, heads, d)[:, :n]
 
@@ -169,8 +328,8 @@ def chunked_attention(q, k, v, chunk: int = 0):
 class Attention(nn.Module):
     """Multi-head self-attention over all spatial positions (2D or 3D), residual: x + proj(attn(qkv(GN(x)))).
 
-    Uses `jax.nn.dot_product_attention` (cuDNN flash attention on GPU when dtype and head size allow, XLA
-    otherwise). Heads: C // head_channels when head_channels > 0, else num_heads. Parameters: GN 2C,
+    Uses `dot_product_attention` (cuDNN flash attention on GPU when dtype and head size allow, a hand-written
+    backward pass elsewhere). Heads: C // head_channels when head_channels > 0, else num_heads. Parameters: GN 2C,
     qkv C*3C + 3C, proj C*C + C (proj zero-initialised when `zero_init`, so the block starts as identity).
 
     `query_chunk` > 0 (memory-efficient attention for XLA backends without a flash kernel, e.g. 3D patches on
@@ -213,17 +372,74 @@ class Downsample(nn.Module):
         return nn.avg_pool(x, window, strides=window)
 
 
+# Nearest x2 then a 3-tap conv (padding 1), per output phase: phase 0 of an axis reads coarse offsets (-1, 0)
+# with taps (w0, w1 + w2), phase 1 offsets (0, +1) with taps (w0 + w1, w2).
+_PHASE_TAPS = (np.array([[1, 0, 0], [0, 1, 1]], np.float32), np.array([[1, 1, 0], [0, 0, 1]], np.float32))
+_PHASE_PAD = ((1, 0), (0, 1))
+
+
+def upsample_conv(x, kernel, bias):
+    """conv3x3(nearest_upsample_x2(x)) with padding 1, computed on the coarse grid (same function, fewer FLOPs).
+
+    Each of the 2^rank output phases is a 2x2(x2) conv of `x` with a kernel summed from `kernel`'s taps, so the
+    work is 4 taps per phase instead of 9 on a 4x larger image (2.25x fewer multiply-adds in 2D, 3.4x in 3D),
+    in the forward and the backward pass, on every backend.
+
+    Args:
+      x: (B, S1, ..., C) channels-last input.
+      kernel: (3, ..., 3, C, K) the conv's kernel; bias: (K,).
+    Returns:
+      (B, 2 S1, ..., K), equal to `repeat(x, 2)` on every spatial axis followed by the 3x3(x3) conv.
+    """
+    rank = x.ndim - 2
+    phases = []
+    for phase in itertools.product((0, 1), repeat=rank):
+        k = kernel
+        for axis, ph in enumerate(phase):  # (3, ...) taps -> (2, ...) on this axis
+            k = jnp.moveaxis(jnp.tensordot(jnp.asarray(_PHASE_TAPS[ph], k.dtype), k, axes=(1, axis)), 0, axis)
+        phases.append(jax.lax.conv_general_dilated(
+            x, k, (1,) * rank, [_PHASE_PAD[ph] for ph in phase],
+            dimension_numbers=jax.lax.conv_dimension_numbers(x.shape, k.shape, _conv_dims(rank))))
+    b, spatial, out = x.shape[0], x.shape[1:-1], kernel.shape[-1]
+    y = jnp.stack(phases, axis=-2).reshape(b, *spatial, *(2,) * rank, out)  # (B, S..., p1..., K)
+    order = [0] + [a for i in range(rank) for a in (1 + i, 1 + rank + i)] + [1 + 2 * rank]
+    return y.transpose(order).reshape(b, *(2 * n for n in spatial), out) + bias
+
+
+def _conv_dims(rank: int):
+    """Channels-last dimension numbers for a rank-D conv: ("NHWC", "HWIO", "NHWC") in 2D."""
+    sp = "DHW"[-rank:] if rank <= 3 else None
+    return (f"N{sp}C", f"{sp}IO", f"N{sp}C")
+
+
+class UpsampleConv(nn.Module):
+    """Parameters of a 3x3(x3) `nn.Conv` (`kernel`, `bias`, same shapes and init) applied by `upsample_conv`.
+    Call: x (B, S1, ..., C) -> (B, 2 S1, ..., features)."""
+    features: int
+
+    @nn.compact
+    def __call__(self, x):
+        rank = x.ndim - 2
+        kernel = self.param("kernel", nn.initializers.lecun_normal(), (3,) * rank + (x.shape[-1], self.features),
+                            jnp.float32)
+        bias = self.param("bias", nn.initializers.zeros, (self.features,), jnp.float32)
+        return upsample_conv(x, kernel.astype(x.dtype), bias.astype(x.dtype))
+
+
 class Upsample(nn.Module):
     """Double every spatial axis by nearest-neighbour repetition, then (use_conv) a 3x3(x3) conv to `channels`
-    (default: input channels). Call: x (B, S1, ..., C) -> (B, 2 S1, ..., channels)."""
+    (default: input channels), computed on the coarse grid (`upsample_conv`).
+    Call: x (B, S1, ..., C) -> (B, 2 S1, ..., channels)."""
     channels: int | None = None
     use_conv: bool = True
 
     @nn.compact
     def __call__(self, x):
+        if self.use_conv:
+            return UpsampleConv(self.channels or x.shape[-1], name="conv")(x)
         for axis in range(1, x.ndim - 1):
             x = jnp.repeat(x, 2, axis=axis)
-        return conv(self.channels or x.shape[-1], x.ndim, name="conv")(x) if self.use_conv else x
+        return x
 
 
 class SEBlock(nn.Module):

@@ -40,7 +40,7 @@ import jax.numpy as jnp
 from jaxdiff.errors import InputError
 from jaxdiff.models import register
 from jaxdiff.models.ffparser import FFParser
-from jaxdiff.models.layers import ResBlock, Upsample, timestep_embedding
+from jaxdiff.models.layers import ResBlock, Upsample, dot_product_attention, timestep_embedding
 
 # lucidrains' LayerNorm eps in float32 (Flax's default is 1e-6).
 _EPS = 1e-5
@@ -97,7 +97,7 @@ class Attention(nn.Module):
             context = jnp.einsum("bnhd,bnhe->bhde", jax.nn.softmax(k, axis=1), v)
             out = jnp.einsum("bhde,bnhd->bnhe", context, q)
         else:
-            out = jax.nn.dot_product_attention(q, k, v)
+            out = dot_product_attention(q, k, v)
         out = nn.Dense(c, name="to_out")(out.reshape(b, h, w, self.heads * self.dim_head))
         return x + (_layer_norm(False)(out) if self.linear else out)
 

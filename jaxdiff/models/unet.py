@@ -118,7 +118,7 @@ class UNet(nn.Module):
                           f"up_{level}_{i}")
             if level != 0:
                 h = Upsample(name=f"up_{level}_upsample")(h)
-        h = nn.silu(group_norm(h, self.groups, name="norm_out"))
+        h = group_norm(h, self.groups, name="norm_out", act=nn.silu)
         return conv(out_channels, x.ndim, zero_init=True, name="conv_out")(h)
 
     def _check(self, x):
