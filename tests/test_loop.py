@@ -90,12 +90,13 @@ def state_leaves(state) -> dict:
     return {jax.tree_util.keystr(path): np.asarray(x) for path, x in flat}
 
 
-def assert_same_state(a, b, atol: float = 0.0):
-    """Every leaf equal (bitwise with atol = 0)."""
+def assert_same_state(a, b, atol: float = 0.0, view=None):
+    """Every leaf equal (bitwise with atol = 0); `view(path, array) -> array` selects what is compared."""
     la, lb = state_leaves(a), state_leaves(b)
     assert la.keys() == lb.keys()
     for k in la:
-        np.testing.assert_allclose(la[k], lb[k], rtol=0, atol=atol, err_msg=k)
+        x, y = (la[k], lb[k]) if view is None else (view(k, la[k]), view(k, lb[k]))
+        np.testing.assert_allclose(x, y, rtol=0, atol=atol, err_msg=k)
 
 
 def tree_hashes(root) -> dict:

@@ -408,7 +408,7 @@ def upsample_conv(x, kernel, bias):
 
 def _conv_dims(rank: int):
     """Channels-last dimension numbers for a rank-D conv: ("NHWC", "HWIO", "NHWC") in 2D."""
-    sp = "DHW"[-rank:] if rank <= 3 else None
+    sp = "DHW"[-rank:]
     return (f"N{sp}C", f"{sp}IO", f"N{sp}C")
 
 
