@@ -797,11 +797,19 @@ def run_framework(args, fw: str, case: Case, files: str) -> dict:
     return run_worker(args, fw, case, files)
 
 
+def glibc_tunables() -> str:
+    """GLIBC_TUNABLES of every worker, whatever its framework: the caller's, else jaxdiff's CLI default (large
+    allocations on transparent huge pages, `jaxdiff.MALLOC_TUNABLE`). Set `GLIBC_TUNABLES=glibc.malloc.hugetlb=0`
+    to measure without."""
+    import jaxdiff
+    return os.environ.get("GLIBC_TUNABLES") or jaxdiff.MALLOC_TUNABLE
+
+
 def run_worker(args, role: str, case: Case, files: str) -> dict:
     """Run one worker in a fresh process (its own session, so a timeout also ends Inductor's compile workers);
     {"error": reason} if it fails or times out."""
     env = dict(os.environ, PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""),
-               TORCHINDUCTOR_CACHE_DIR=os.path.join(files, f"inductor-{case.name}"))
+               TORCHINDUCTOR_CACHE_DIR=os.path.join(files, f"inductor-{case.name}"), GLIBC_TUNABLES=glibc_tunables())
     result = os.path.join(files, f"{case.name}-{role}.json")
     t0 = time.perf_counter()
     with subprocess.Popen(_worker_cmd(args, role, case, files) + ["--result", result], cwd=REPO, env=env,
@@ -886,7 +894,8 @@ def _report(args, rows, infos, notes, sizes, started: str, load: float, command:
              f"{' (--quick: JAX timings not representative)' if args.quick else ''}; threads: PyTorch "
              f"`torch.set_num_threads({args.torch_threads})`, JAX XLA's default (all {os.cpu_count()} cores)",
              f"- repeats: {sizes.repeats} (train: {sizes.train_steps} steps per repeat after the first step and "
-             f"{sizes.warmup} warm-up steps; DDIM: one warm-up chain)", "",
+             f"{sizes.warmup} warm-up steps; DDIM: one warm-up chain)",
+             f"- GLIBC_TUNABLES (every worker, every framework): `{glibc_tunables()}`", "",
              markdown_table(rows, sizes), "", "Models (train batch, image size, parameters):", ""]
     for name, info in infos.items():
         own = [f"{BASELINES[r['framework']]} {r['params']:,}" for r in rows

@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import sys
 
+import jaxdiff
 from jaxdiff import config as config_lib
 from jaxdiff.errors import InputError, cli_errors
 
@@ -45,4 +46,5 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
+    jaxdiff.reexec_with_malloc_defaults()
     sys.exit(main())

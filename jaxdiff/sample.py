@@ -13,6 +13,7 @@ import json
 import os
 import sys
 
+import jaxdiff
 from jaxdiff import config as config_lib
 from jaxdiff.errors import InputError, cli_errors
 
@@ -53,4 +54,5 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
+    jaxdiff.reexec_with_malloc_defaults()
     sys.exit(main())

@@ -43,3 +43,25 @@ def test_cpu_defaults_change_flags_not_results():
     g_on, g_off = np.asarray(on["grads"]), np.asarray(off["grads"])
     assert np.abs(g_off).max() > 0
     np.testing.assert_allclose(g_on, g_off, rtol=0, atol=1e-5 * np.abs(g_off).max())
+
+
+REEXEC = """
+import os, sys
+import jaxdiff
+print("argv", sys.argv[1:], os.environ.get("GLIBC_TUNABLES", ""), flush=True)
+jaxdiff.reexec_with_malloc_defaults()
+print("kept", os.environ.get("GLIBC_TUNABLES", ""))
+"""
+
+
+def test_cli_reexec_adds_the_malloc_tunable_once_and_keeps_arguments():
+    import jaxdiff
+    proc = run_python(["-c", REEXEC, "--flag", "x y"], env_extra={"JAXDIFF_XLA_CPU_DEFAULTS": "1",
+                                                                  "GLIBC_TUNABLES": "glibc.malloc.check=0"})
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    both = f"glibc.malloc.check=0:{jaxdiff.MALLOC_TUNABLE}"
+    # first run without the tunable (printed, then replaced), second run with it, which is kept
+    assert proc.stdout.splitlines() == ["argv ['--flag', 'x y'] glibc.malloc.check=0",
+                                        f"argv ['--flag', 'x y'] {both}", f"kept {both}"]
+    off = run_python(["-c", REEXEC], env_extra={"JAXDIFF_XLA_CPU_DEFAULTS": "0", "GLIBC_TUNABLES": ""})
+    assert off.stdout.splitlines() == ["argv [] ", "kept "]

@@ -84,14 +84,6 @@ def _per_channel(v, c: int):
     return jnp.repeat(v, c // v.shape[1], axis=1)
 
 
-def _affine(x, a, b, mean, rstd):
-    """act input y = normalised(x) * a + b as one multiply-add per element: x * A + Bc with (B, C) A and Bc."""
-    c = x.shape[-1]
-    coef = _per_channel(rstd, c) * a
-    coef, offset = _materialise(coef, b - _per_channel(mean, c) * coef)
-    return x.astype(jnp.float32) * spatial_broadcast(coef, x.ndim) + spatial_broadcast(offset, x.ndim)
-
-
 def _materialise(*small):
     """Compute these small (B, C) arrays once: without the barrier XLA fuses their arithmetic (rsqrt, FiLM
     split, group repeat) into every element of the big elementwise loop that consumes them."""
@@ -118,29 +110,60 @@ def group_norm_act(x, a, b, groups: int, eps: float = 1e-5, act: Callable | None
     return _group_norm_act_fwd(x, a, b, groups, eps, act)[0]
 
 
+def _silu_half(h):
+    """silu(2h) = 2h sigmoid(2h) = h + h tanh(h). Written without a constant: XLA broadcasts a scalar constant
+    to the full shape, shares that broadcast between all layers of the shape (CSE) and materialises it (on CPU
+    one extra full-size pass per use)."""
+    return h + h * jnp.tanh(h)
+
+
+def _silu_half_grad(h, one):
+    """2 silu'(2h) = 1 + t + h (1 - t^2) with t = tanh(h); `one` is a broadcast (B, 1, ..., C) array of ones
+    (not a constant, see `_silu_half`)."""
+    t = jnp.tanh(h)
+    return one + t + h * (one - t * t)
+
+
+def _act_input(x, a, b, mean, rstd, act):
+    """The activation's input as one multiply-add per element, and the factor d(act input)/dy: SiLU is evaluated
+    as `_silu_half(y / 2)` (the 1/2 folded into the (B, C) coefficients), any other activation as act(y)."""
+    half = act is nn.silu
+    s = 0.5 if half else 1.0
+    c = x.shape[-1]
+    coef = _per_channel(rstd, c) * a
+    coef, offset, one = _materialise(s * coef, s * (b - _per_channel(mean, c) * coef), jnp.ones_like(a))
+    y = x.astype(jnp.float32) * spatial_broadcast(coef, x.ndim) + spatial_broadcast(offset, x.ndim)
+    return y, s, spatial_broadcast(one, x.ndim)
+
+
 def _group_norm_act_fwd(x, a, b, groups, eps, act):
     mean, rstd = _group_stats(x, groups, eps)
-    y = _affine(x, a, b, mean, rstd)
-    return (act(y) if act else y).astype(x.dtype), (x, a, b, mean, rstd)
+    y, _, _ = _act_input(x, a, b, mean, rstd, act)
+    out = _silu_half(y) if act is nn.silu else act(y) if act else y
+    return out.astype(x.dtype), (x, a, b, mean, rstd)
 
 
 def _group_norm_act_bwd(groups, eps, act, res, g):
-    x, a, b, mean, rstd = res
+    # The barrier keeps XLA from merging this recomputation of the activation's input with the forward's (CSE
+    # would keep full-size intermediates alive from the forward pass to this one).
+    x, a, b, mean, rstd = jax.lax.optimization_barrier(res)
     c = x.shape[-1]
-    y = _affine(x, a, b, mean, rstd)
-    dy = jax.vjp(act, y)[1](g.astype(jnp.float32))[0] if act else g.astype(jnp.float32)
+    y, s, one = _act_input(x, a, b, mean, rstd, act)
+    gf = g.astype(jnp.float32)
+    # u = dL/dy / s: the cotangent of the normalised, modulated tensor (up to the SiLU path's factor s = 1/2)
+    u = gf * _silu_half_grad(y, one) if act is nn.silu else jax.vjp(act, y)[1](gf)[0] if act else gf
     axes = tuple(range(1, x.ndim - 1))
     xf = x.astype(jnp.float32)
-    sum_dy = jnp.sum(dy, axis=axes)                      # (B, C): gradient of b
-    sum_dyx = jnp.sum(dy * xf, axis=axes)                # (B, C)
+    sum_dy = s * jnp.sum(u, axis=axes)                   # (B, C): gradient of b
+    sum_dyx = s * jnp.sum(u * xf, axis=axes)             # (B, C)
     mean_c, rstd_c = _per_channel(mean, c), _per_channel(rstd, c)
     da = rstd_c * (sum_dyx - mean_c * sum_dy)            # (B, C): sum of dy * normalised(x)
     n = x.size // (x.shape[0] * groups)                  # elements per group
     m1 = _per_channel(_group_sum(a * sum_dy, groups) / n, c)  # group mean of d(normalised x)
     m2 = _per_channel(_group_sum(a * da, groups) / n, c)      # group mean of d(normalised x) * normalised x
-    # dx = rstd * (dy * a - m1 - normalised(x) * m2), written as dy * A + x * C1 + C0 with (B, C) coefficients
-    c2, c1, c0 = _materialise(rstd_c * a, -rstd_c * rstd_c * m2, rstd_c * (mean_c * rstd_c * m2 - m1))
-    dx = dy * spatial_broadcast(c2, x.ndim) + xf * spatial_broadcast(c1, x.ndim) + spatial_broadcast(c0, x.ndim)
+    # dx = rstd * (dy * a - m1 - normalised(x) * m2), written as u * A + x * C1 + C0 with (B, C) coefficients
+    c2, c1, c0 = _materialise(s * rstd_c * a, -rstd_c * rstd_c * m2, rstd_c * (mean_c * rstd_c * m2 - m1))
+    dx = u * spatial_broadcast(c2, x.ndim) + xf * spatial_broadcast(c1, x.ndim) + spatial_broadcast(c0, x.ndim)
     return dx.astype(x.dtype), da.astype(a.dtype), sum_dy.astype(b.dtype)
 
 
@@ -300,12 +323,20 @@ def _attention_fwd(q, k, v):
     return jnp.einsum("bhqk,bhkd->bhqd", p.astype(v.dtype), v).astype(v.dtype), (q, k, v, p)
 
 
+def _query_contraction(a, x):
+    """sum_q a[b, h, q, k] x[b, h, q, d] -> (B, h, M, d), computed as (x^T a)^T: the product is written (d, M)
+    with the big (N, M) operand on the right, and only the small (d, M) result is transposed (the barrier keeps
+    XLA from folding the transpose back into the product). XLA:CPU ran the direct form, whose big operand is
+    contracted over its non-minor axis, about 4x slower."""
+    return jax.lax.optimization_barrier(jnp.einsum("bhqd,bhqk->bhdk", x, a)).swapaxes(-1, -2)
+
+
 def _attention_bwd(res, g):
     q, k, v, p = res
-    dv = jnp.einsum("bhqk,bhqd->bhkd", p.astype(g.dtype), g)
+    dv = _query_contraction(p.astype(g.dtype), g)
     dp = jnp.einsum("bhqd,bhkd->bhqk", g, v, preferred_element_type=jnp.float32)
     ds = (p * (dp - jnp.sum(dp * p, axis=-1, keepdims=True)) * q.shape[-1] ** -0.5).astype(q.dtype)
-    return jnp.einsum("bhqk,bhkd->bhqd", ds, k), jnp.einsum("bhqk,bhqd->bhkd", ds, q), dv
+    return jnp.einsum("bhqk,bhkd->bhqd", ds, k), _query_contraction(ds, q), dv
 
 
 _attention.defvjp(_attention_fwd, _attention_bwd)
