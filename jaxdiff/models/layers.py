@@ -303,10 +303,20 @@ def dot_product_attention(q, k, v):
     return heads_major(_attention(heads_major(q), heads_major(k), heads_major(v)))
 
 
+def with_scalar(x, value: float):
+    """(x, value as a 0-d array of x's dtype) through one optimisation barrier, for `x * s`-style uses.
+
+    XLA broadcasts a constant scalar to the full shape and merges identical broadcasts (CSE), so every layer of
+    that shape shares one broadcast; XLA:CPU's YNNPACK fusions then materialise it and read it back (a full-size
+    pass each). Tied to x by the barrier, the scalar is a distinct value per call and its broadcast stays fused.
+    """
+    return jax.lax.optimization_barrier((x, jnp.asarray(value, x.dtype)))
+
+
 def _scores(q, k):
     """(B, h, N, d), (B, h, M, d) -> (B, h, N, M) float32 scaled scores."""
-    return jnp.einsum("bhqd,bhkd->bhqk", q * jnp.asarray(q.shape[-1] ** -0.5, q.dtype), k,
-                      preferred_element_type=jnp.float32)
+    q, scale = with_scalar(q, q.shape[-1] ** -0.5)
+    return jnp.einsum("bhqd,bhkd->bhqk", q * scale, k, preferred_element_type=jnp.float32)
 
 
 @jax.custom_vjp
@@ -323,20 +333,82 @@ def _attention_fwd(q, k, v):
     return jnp.einsum("bhqk,bhkd->bhqd", p.astype(v.dtype), v).astype(v.dtype), (q, k, v, p)
 
 
-def _query_contraction(a, x):
-    """sum_q a[b, h, q, k] x[b, h, q, d] -> (B, h, M, d), computed as (x^T a)^T: the product is written (d, M)
-    with the big (N, M) operand on the right, and only the small (d, M) result is transposed (the barrier keeps
-    XLA from folding the transpose back into the product). XLA:CPU ran the direct form, whose big operand is
-    contracted over its non-minor axis, about 4x slower."""
-    return jax.lax.optimization_barrier(jnp.einsum("bhqd,bhqk->bhdk", x, a)).swapaxes(-1, -2)
+def _swap(a):
+    return jnp.swapaxes(a, -1, -2)
+
+
+@jax.custom_vjp
+def tn_matmul(a, b):
+    """a^T b over the last two axes: a (..., K, M), b (..., K, N) -> (..., M, N).
+
+    The contracted axis is the leading one of both operands (a weight gradient x^T g, attention's p^T g). When b is
+    the smaller operand (attention: p (N, M) and g (N, d)), XLA:CPU ran the direct product 1.5-3x slower than
+    ((b^T) a)^T, with b transposed and the small (N, M)-result transposed back behind optimisation barriers (XLA
+    otherwise folds the transposes back into the product). When a is the smaller one, the direct product was as
+    fast or faster (`benchmarks/README.md`). The derivative avoids the form (custom VJP: a b^T-type products).
+    """
+    if a.size <= b.size:
+        return jnp.einsum("...km,...kn->...mn", a, b)
+    return _swap(jax.lax.optimization_barrier(jnp.matmul(jax.lax.optimization_barrier(_swap(b)), a)))
+
+
+def _tn_matmul_fwd(a, b):
+    return tn_matmul(a, b), (a, b)
+
+
+def _tn_matmul_bwd(res, g):
+    a, b = res  # out = a^T b: da = b g^T (K, N)(N, M), db = a g (K, M)(M, N)
+    return jnp.matmul(b, _swap(g)).astype(a.dtype), jnp.matmul(a, g).astype(b.dtype)
+
+
+tn_matmul.defvjp(_tn_matmul_fwd, _tn_matmul_bwd)
+
+
+@jax.custom_vjp
+def matmul(a, b):
+    """a b over the last two axes, (..., M, K) x (..., K, N) -> (..., M, N), whose derivative with respect to b
+    (a^T g) is computed by `tn_matmul` (the form XLA:CPU runs fast); same values as jnp.matmul."""
+    return jnp.matmul(a, b)
+
+
+def _matmul_fwd(a, b):
+    return jnp.matmul(a, b), (a, b)
+
+
+def _matmul_bwd(res, g):
+    a, b = res
+    db = tn_matmul(a, g)
+    return jnp.matmul(g, _swap(b)).astype(a.dtype), jnp.sum(db, axis=tuple(range(db.ndim - b.ndim))).astype(b.dtype)
+
+
+matmul.defvjp(_matmul_fwd, _matmul_bwd)
+
+
+class Dense(nn.Module):
+    """`nn.Dense` (same parameters: `kernel` (C_in, features) lecun-normal, `bias` zeros; same name in the tree)
+    whose kernel gradient x^T g goes through `tn_matmul`. Call: x (..., C_in) -> (..., features)."""
+    features: int
+    use_bias: bool = True
+    kernel_init: Callable = nn.initializers.lecun_normal()
+    bias_init: Callable = nn.initializers.zeros
+
+    @nn.compact
+    def __call__(self, x):
+        kernel = self.param("kernel", self.kernel_init, (x.shape[-1], self.features), jnp.float32)
+        x, kernel = nn.dtypes.promote_dtype(x, kernel)
+        y = matmul(x.reshape(-1, x.shape[-1]), kernel).reshape(*x.shape[:-1], self.features)
+        if self.use_bias:
+            y = y + self.param("bias", self.bias_init, (self.features,), jnp.float32).astype(y.dtype)
+        return y
 
 
 def _attention_bwd(res, g):
     q, k, v, p = res
-    dv = _query_contraction(p.astype(g.dtype), g)
+    dv = tn_matmul(p.astype(g.dtype), g)
     dp = jnp.einsum("bhqd,bhkd->bhqk", g, v, preferred_element_type=jnp.float32)
-    ds = (p * (dp - jnp.sum(dp * p, axis=-1, keepdims=True)) * q.shape[-1] ** -0.5).astype(q.dtype)
-    return jnp.einsum("bhqk,bhkd->bhqd", ds, k), _query_contraction(ds, q), dv
+    p, scale = with_scalar(p, q.shape[-1] ** -0.5)
+    ds = (p * (dp - jnp.sum(dp * p, axis=-1, keepdims=True)) * scale).astype(q.dtype)
+    return jnp.einsum("bhqk,bhkd->bhqd", ds, k), tn_matmul(ds, q), dv
 
 
 _attention.defvjp(_attention_fwd, _attention_bwd)
@@ -382,10 +454,10 @@ class Attention(nn.Module):
         if heads < 1 or c % heads:
             raise InputError(f"config key model.num_heads: {c} channels do not split into {heads} heads")
         h = group_norm(x, self.groups, name="norm").reshape(b, -1, c)
-        qkv = nn.Dense(3 * c, name="qkv")(h).reshape(b, h.shape[1], 3, heads, c // heads)
+        qkv = Dense(3 * c, name="qkv")(h).reshape(b, h.shape[1], 3, heads, c // heads)
         out = chunked_attention(qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2], self.query_chunk)
         kw = dict(kernel_init=nn.initializers.zeros) if self.zero_init else {}
-        out = nn.Dense(c, name="proj", **kw)(out.reshape(b, -1, c))
+        out = Dense(c, name="proj", **kw)(out.reshape(b, -1, c))
         return x + out.reshape(x.shape)
 
 

@@ -40,7 +40,8 @@ import jax.numpy as jnp
 from jaxdiff.errors import InputError
 from jaxdiff.models import register
 from jaxdiff.models.ffparser import FFParser
-from jaxdiff.models.layers import ResBlock, Upsample, dot_product_attention, timestep_embedding
+from jaxdiff.models.layers import (Dense, ResBlock, Upsample, dot_product_attention, matmul, tn_matmul,
+                                   timestep_embedding, with_scalar)
 
 # lucidrains' LayerNorm eps in float32 (Flax's default is 1e-6).
 _EPS = 1e-5
@@ -90,15 +91,17 @@ class Attention(nn.Module):
     @nn.compact
     def __call__(self, x):
         b, h, w, c = x.shape
-        qkv = nn.Dense(3 * self.heads * self.dim_head, use_bias=False, name="to_qkv")(_layer_norm(False)(x))
+        qkv = Dense(3 * self.heads * self.dim_head, use_bias=False, name="to_qkv")(_layer_norm(False)(x))
         q, k, v = (a.reshape(b, h * w, self.heads, self.dim_head) for a in jnp.split(qkv, 3, axis=-1))
-        if self.linear:
-            q = jax.nn.softmax(q, axis=-1) * self.dim_head ** -0.5
-            context = jnp.einsum("bnhd,bnhe->bhde", jax.nn.softmax(k, axis=1), v)
-            out = jnp.einsum("bhde,bnhd->bnhe", context, q)
+        if self.linear:  # heads-major (B, heads, N, d): context = k^T v (B, heads, d, e), out = q context
+            q, k, v = (a.swapaxes(1, 2) for a in (q, k, v))
+            q, scale = with_scalar(q, self.dim_head ** -0.5)
+            q = jax.nn.softmax(q, axis=-1) * scale
+            context = tn_matmul(jax.nn.softmax(k, axis=2), v)
+            out = matmul(q, context).swapaxes(1, 2)
         else:
             out = dot_product_attention(q, k, v)
-        out = nn.Dense(c, name="to_out")(out.reshape(b, h, w, self.heads * self.dim_head))
+        out = Dense(c, name="to_out")(out.reshape(b, h, w, self.heads * self.dim_head))
         return x + (_layer_norm(False)(out) if self.linear else out)
 
 
@@ -108,8 +111,8 @@ class FeedForward(nn.Module):
 
     @nn.compact
     def __call__(self, x):
-        h = nn.Dense(self.mult * x.shape[-1])(_layer_norm(False)(x))
-        return x + nn.Dense(x.shape[-1])(nn.gelu(h, approximate=False))
+        h = Dense(self.mult * x.shape[-1])(_layer_norm(False)(x))
+        return x + Dense(x.shape[-1])(nn.gelu(h, approximate=False))
 
 
 class DynamicFusion(nn.Module):
