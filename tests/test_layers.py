@@ -103,3 +103,38 @@ def test_upsample_keeps_conv_parameter_names_and_shapes():
     ours = layers.Upsample(5).init(jax.random.key(0), x)["params"]
     assert jax.tree.map(jnp.shape, ours) == {"conv": {"kernel": (3, 3, 3, 5), "bias": (5,)}}
     assert layers.Upsample(5).apply({"params": ours}, x).shape == (1, 8, 8, 5)
+
+
+@pytest.mark.parametrize("a_shape,b_shape", [((2, 9, 3), (2, 9, 5)), ((3, 2, 7, 6), (3, 2, 7, 4)), ((11, 4), (11, 4))])
+def test_tn_matmul_and_matmul_match_einsum_with_gradients(a_shape, b_shape):
+    rng = np.random.default_rng(3)
+    a, b = _rand(rng, a_shape), _rand(rng, b_shape)   # both branches: a smaller, b smaller, equal
+    cot = _rand(rng, (*a_shape[:-2], a_shape[-1], b_shape[-1]))
+    out, vjp = jax.vjp(layers.tn_matmul, a, b)
+    ref, ref_vjp = jax.vjp(lambda a, b: jnp.einsum("...km,...kn->...mn", a, b), a, b)
+    np.testing.assert_allclose(out, ref, rtol=1e-5, atol=1e-5)
+    for got, want in zip(vjp(cot), ref_vjp(cot)):
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+    m = _rand(rng, (*a_shape[:-2], 5, a_shape[-2]))   # matmul: m (.., 5, K) @ a (.., K, M), and a batch-free kernel
+    for rhs in (a, a[(0,) * (a.ndim - 2)]):
+        out, vjp = jax.vjp(layers.matmul, m, rhs)
+        ref, ref_vjp = jax.vjp(jnp.matmul, m, rhs)
+        np.testing.assert_allclose(out, ref, rtol=1e-5, atol=1e-5)
+        cot = _rand(rng, out.shape)
+        for got, want in zip(vjp(cot), ref_vjp(cot)):
+            np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+
+
+def test_dense_is_flax_dense_with_its_own_gradient():
+    rng = np.random.default_rng(4)
+    x = _rand(rng, (2, 3, 4, 6), 2.0, 0.7)
+    cot = _rand(rng, (2, 3, 4, 5))
+    for ours, theirs in [(layers.Dense(5), nn.Dense(5)), (layers.Dense(5, use_bias=False), nn.Dense(5, use_bias=False))]:
+        p = theirs.init(jax.random.key(0), x)
+        assert jax.tree.map(jnp.shape, ours.init(jax.random.key(0), x)) == jax.tree.map(jnp.shape, p)
+        p = jax.tree.map(lambda v: v + _rand(rng, v.shape, 0.1), p)
+        out, vjp = jax.vjp(lambda p, x: ours.apply(p, x), p, x)
+        ref, ref_vjp = jax.vjp(lambda p, x: theirs.apply(p, x), p, x)
+        np.testing.assert_allclose(out, ref, rtol=1e-5, atol=1e-5)
+        for got, want in zip(jax.tree.leaves(vjp(cot)), jax.tree.leaves(ref_vjp(cot))):
+            np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
