@@ -138,3 +138,16 @@ def test_dense_is_flax_dense_with_its_own_gradient():
         np.testing.assert_allclose(out, ref, rtol=1e-5, atol=1e-5)
         for got, want in zip(jax.tree.leaves(vjp(cot)), jax.tree.leaves(ref_vjp(cot))):
             np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("shape", [(2, 6, 8, 3), (1, 5, 7, 2), (2, 4, 6, 2, 3)])
+def test_max_pool2_is_flax_max_pool_with_its_gradient(shape):
+    rng = np.random.default_rng(5)
+    x = _rand(rng, shape)  # continuous values: no ties, so the gradients agree exactly
+    rank = len(shape) - 2
+    out, vjp = jax.vjp(layers.max_pool2, x)
+    ref, ref_vjp = jax.vjp(lambda x: nn.max_pool(x, (2,) * rank, (2,) * rank), x)
+    assert out.shape == ref.shape
+    np.testing.assert_array_equal(out, ref)
+    cot = _rand(rng, out.shape)
+    np.testing.assert_array_equal(vjp(cot)[0], ref_vjp(cot)[0])

@@ -194,6 +194,21 @@ class GroupNorm(nn.Module):
         return group_norm_act(x, a, b, self.num_groups, self.epsilon, act)
 
 
+def max_pool2(x):
+    """2x max pooling with stride 2 over every spatial axis of (B, S1, ..., C) -> (B, S1 // 2, ..., C) (odd sizes
+    drop their last row, as "VALID" pooling and torch's MaxPool(2)).
+
+    The same values as `nn.max_pool(x, (2,) * rank, (2,) * rank)`, computed as a max over reshaped 2x..x2 blocks:
+    autodiff of a reduction max is one elementwise pass, where reduce_window's derivative tracks argmax indices
+    (a full-size index array and a variadic window reduction; most of a small CNN's pooling time on XLA:CPU). At an
+    exact tie inside a block the gradient is split between the tied inputs instead of going to one of them.
+    """
+    rank = x.ndim - 2
+    x = x[(slice(None), *(slice(0, s - s % 2) for s in x.shape[1:-1]))]
+    blocks = x.reshape(x.shape[0], *itertools.chain.from_iterable((s // 2, 2) for s in x.shape[1:-1]), x.shape[-1])
+    return blocks.max(axis=tuple(2 + 2 * i for i in range(rank)))
+
+
 def conv(features: int, ndim: int, kernel: int = 3, stride: int = 1, zero_init: bool = False,
          name: str | None = None) -> nn.Conv:
     """A conv over the `ndim - 2` spatial axes of a (B, ..., C) input, PyTorch-style padding (kernel - 1) // 2

@@ -19,7 +19,7 @@ import jax.numpy as jnp
 
 from jaxdiff.errors import InputError
 from jaxdiff.models import register
-from jaxdiff.models.layers import SEBlock, timestep_embedding
+from jaxdiff.models.layers import SEBlock, max_pool2, timestep_embedding
 
 _LEAK = 0.2
 
@@ -180,7 +180,7 @@ class TransformerUNet(nn.Module):
         for i, f in enumerate(self.widths):
             if i:
                 skips.append(x)
-                x = nn.max_pool(x, (2, 2), strides=(2, 2))
+                x = max_pool2(x)
             x = ConvBlock(f, self.channel_dropout, self.se_reduction, name=f"enc{i + 1}")(x, train=train)
         x = TransformerBottleneck(self.num_layers, self.num_heads, self.ff_dim, self.dropout, self.faithful_pe,
                                   name="bottleneck")(x, train=train)

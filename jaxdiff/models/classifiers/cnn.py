@@ -9,6 +9,7 @@ import flax.linen as nn
 
 from jaxdiff.models import register
 from jaxdiff.models.classifiers.common import batch_norm, conv, global_avg_pool
+from jaxdiff.models.layers import max_pool2
 
 
 @register("simple_cnn")
@@ -23,6 +24,6 @@ class SimpleCNN(nn.Module):
     def __call__(self, x, *, train: bool = False):
         for i, w in enumerate(self.widths):
             x = nn.relu(batch_norm(train, name=f"block{i}_bn")(conv(int(w), 3, name=f"block{i}_conv")(x)))
-            x = nn.max_pool(x, (2, 2), (2, 2))
+            x = max_pool2(x)
         x = nn.Dropout(self.dropout, deterministic=not train)(global_avg_pool(x))
         return nn.Dense(self.num_classes, name="head")(x)

@@ -10,6 +10,7 @@ import flax.linen as nn
 
 from jaxdiff.models import register
 from jaxdiff.models.classifiers.common import adaptive_avg_pool, conv
+from jaxdiff.models.layers import max_pool2
 
 VGG16_LAYERS = (64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512, "M")
 
@@ -36,7 +37,7 @@ class VGG(nn.Module):
         k = 0
         for w in self.layers:
             if w == "M":
-                x = nn.max_pool(x, (2, 2), (2, 2))
+                x = max_pool2(x)
             else:
                 x = nn.relu(conv(int(w), 3, use_bias=True, name=f"conv{k}")(x))
                 k += 1
