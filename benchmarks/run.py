@@ -430,10 +430,13 @@ def _measure_training(trainer, sizes: Sizes, base: dict) -> dict:
     (growth over `base` = `_baseline()` taken before the model was built)."""
     first = _first_call(trainer.first_step)
     trainer.run(sizes.warmup)
+    faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
     train = _time_calls(lambda: trainer.run(sizes.train_steps), sizes.repeats, sizes.train_steps)
+    faults = (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults) / (sizes.repeats * sizes.train_steps)
     with sampled_peak() as mem:
         trainer.run(2)
-    return dict(train_step_s=train, first_step_s=first, sampled_peak_mb=mem["peak_mb"] - base["live"],
+    return dict(train_step_s=train, first_step_s=first, page_faults_per_step=faults,
+                sampled_peak_mb=mem["peak_mb"] - base["live"],
                 rss_delta_mb=_maxrss_mb() - base["rss"])
 
 
@@ -840,7 +843,8 @@ def _row(case: Case, fw: str, res: dict, eager: dict, info: dict, sizes: Sizes) 
     step = statistics.median(res["train_step_s"])
     row.update(train_steps_per_s=1.0 / step, train_step_ms=1e3 * step, first_step_s=res["first_step_s"],
                peak_memory_mb=res["peak_memory_mb"], memory_method=res["memory_method"],
-               sampled_peak_mb=res["sampled_peak_mb"], rss_delta_mb=res["rss_delta_mb"], threads=res["threads"])
+               sampled_peak_mb=res["sampled_peak_mb"], rss_delta_mb=res["rss_delta_mb"], threads=res["threads"],
+               page_faults_per_step=res.get("page_faults_per_step", ""))
     if "train_step_s" in eager:
         row["train_speedup_vs_eager"] = statistics.median(eager["train_step_s"]) / step
     if "ddim_s" in res:
@@ -853,7 +857,7 @@ def _row(case: Case, fw: str, res: dict, eager: dict, info: dict, sizes: Sizes) 
 CSV_FIELDS = ("model", "framework", "status", "train_steps_per_s", "train_step_ms", "first_step_s",
               "ddim_latency_s", "ddim_first_s", "ddim_steps", "sample_batch", "peak_memory_mb", "memory_method",
               "sampled_peak_mb", "rss_delta_mb", "train_speedup_vs_eager", "ddim_speedup_vs_eager", "train_batch",
-              "image_size", "params", "threads")
+              "image_size", "params", "threads", "page_faults_per_step")
 
 
 def _fmt(x, digits: int = 3) -> str:

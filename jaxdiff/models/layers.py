@@ -360,7 +360,7 @@ def tn_matmul(a, b):
     the smaller operand (attention: p (N, M) and g (N, d)), XLA:CPU ran the direct product 1.5-3x slower than
     ((b^T) a)^T, with b transposed and the small (N, M)-result transposed back behind optimisation barriers (XLA
     otherwise folds the transposes back into the product). When a is the smaller one, the direct product was as
-    fast or faster (`benchmarks/README.md`). The derivative avoids the form (custom VJP: a b^T-type products).
+    fast or faster (`python -m benchmarks.micro`). The derivative avoids the form (custom VJP: a b^T products).
     """
     if a.size <= b.size:
         return jnp.einsum("...km,...kn->...mn", a, b)
