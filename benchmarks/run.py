@@ -999,25 +999,32 @@ def _write(args, rows, report):
 
 
 def run_profile(args) -> str:
-    """Profile the 2D UNet train step in both frameworks; writes <machine>-profile.md."""
-    case, sizes = CASE_BY_NAME["unet2d"], Sizes.of(args.quick, args.repeats)
-    with tempfile.TemporaryDirectory(prefix="jaxdiff-profile-") as files:
-        prepare(case, args.quick, sizes, files)
-        jx, tc = (run_worker(args, role, case, files) for role in ("profile-jax", "profile-torch"))
-    for res in (jx, tc):
-        if "error" in res:
-            raise SystemExit(f"profile failed: {res['error']}")
-    config = case.config(args.quick)
-    report = (f"# Where the time goes: 2D UNet train step on {machine_slug()}\n\n"
-              f"Command: `python -m benchmarks.run --profile{' --quick' if args.quick else ''}`; batch "
-              f"{config.train.batch_size}, {config.data.image_size}x{config.data.image_size}; {_versions()}\n\n"
-              + _profile_markdown(case, jx, tc))
-    os.makedirs(args.out, exist_ok=True)
-    path = os.path.join(args.out, machine_slug() + ("-quick" if args.quick else "") + "-profile.md")
-    with open(path, "w") as f:
-        f.write(report)
-    print(f"wrote {path}", file=sys.stderr)
-    return report
+    """Profile the train step of each case of --cases (default the 2D UNet) in both frameworks.
+
+    Writes <machine>-profile.md for the 2D UNet and <machine>-profile-<case>.md for the others."""
+    reports = []
+    for name in args.cases or ["unet2d"]:
+        case, sizes = CASE_BY_NAME[name], Sizes.of(args.quick, args.repeats)
+        with tempfile.TemporaryDirectory(prefix="jaxdiff-profile-") as files:
+            prepare(case, args.quick, sizes, files)
+            jx, tc = (run_worker(args, role, case, files) for role in ("profile-jax", "profile-torch"))
+        for res in (jx, tc):
+            if "error" in res:
+                raise SystemExit(f"profile of {name} failed: {res['error']}")
+        config = case.config(args.quick)
+        cases_flag = "" if name == "unet2d" else f" --cases {name}"
+        report = (f"# Where the time goes: {case.label} train step on {machine_slug()}\n\n"
+                  f"Command: `python -m benchmarks.run --profile{cases_flag}{' --quick' if args.quick else ''}`; "
+                  f"batch {config.train.batch_size}, {config.data.image_size}x{config.data.image_size}; "
+                  f"{_versions()}\n\n" + _profile_markdown(case, jx, tc))
+        os.makedirs(args.out, exist_ok=True)
+        stem = machine_slug() + ("-quick" if args.quick else "") + "-profile" + ("" if name == "unet2d" else f"-{name}")
+        path = os.path.join(args.out, stem + ".md")
+        with open(path, "w") as f:
+            f.write(report)
+        print(f"wrote {path}", file=sys.stderr)
+        reports.append(report)
+    return "\n".join(reports)
 
 
 def worker_main(args) -> None:
@@ -1044,7 +1051,7 @@ def parse_args(argv=None):
     p.add_argument("--quick", action="store_true",
                    help="tiny sizes (16x16, batch 2, DDIM-5), jax, torch eager and the baselines (monai, diffusers)")
     p.add_argument("--full", action="store_true", help="also S0 at full size")
-    p.add_argument("--profile", action="store_true", help="op-level profile of the 2D UNet train step")
+    p.add_argument("--profile", action="store_true", help="op-level profile of the train step of --cases (default unet2d), JAX and torch eager")
     p.add_argument("--out", default=os.path.join(REPO, "benchmarks", "results"), help="results directory")
     p.add_argument("--repeats", type=int, default=None, help="timed repeats (default 5, --quick 2)")
     p.add_argument("--cases", nargs="+", choices=sorted(CASE_BY_NAME), help="only these models")

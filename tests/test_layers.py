@@ -151,3 +151,21 @@ def test_max_pool2_is_flax_max_pool_with_its_gradient(shape):
     np.testing.assert_array_equal(out, ref)
     cot = _rand(rng, out.shape)
     np.testing.assert_array_equal(vjp(cot)[0], ref_vjp(cot)[0])
+
+
+@pytest.mark.parametrize("shape,kernel", [((2, 5, 6, 3), (2, 2)), ((2, 3, 4, 5, 3), (2, 2, 2)), ((1, 4, 4, 2), (3, 2))])
+def test_patch_conv_transpose_is_flax_conv_transpose_with_its_gradients(shape, kernel):
+    rng = np.random.default_rng(6)
+    x = _rand(rng, shape)
+    ref = nn.ConvTranspose(7, kernel, strides=kernel, padding="VALID")
+    new = layers.PatchConvTranspose(7, kernel)
+    params = ref.init(jax.random.PRNGKey(0), x)
+    # Same parameter tree and the same initial values (checkpoints and ports are unchanged) ...
+    jax.tree.map(np.testing.assert_array_equal, new.init(jax.random.PRNGKey(0), x), params)
+    params = jax.tree.map(lambda p: p + _rand(rng, p.shape), params)  # ... and a non-zero bias from here on
+    out, vjp = jax.vjp(new.apply, params, x)
+    want, ref_vjp = jax.vjp(ref.apply, params, x)
+    assert out.shape == want.shape == (shape[0], *(n * k for n, k in zip(shape[1:-1], kernel)), 7)
+    np.testing.assert_allclose(out, want, rtol=1e-5, atol=1e-5)
+    cot = _rand(rng, out.shape)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-4), vjp(cot), ref_vjp(cot))

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from jaxdiff import models
+from jaxdiff.models.layers import PatchConvTranspose
 from jaxdiff.errors import InputError
 from jaxdiff.models.transformer_unet import (ConvBlock, ErrorVAE, TransformerBottleneck, TransformerEncoderLayer,
                                              TransformerUNet, batch_indexed_pe, sincos_2d)
@@ -92,7 +93,7 @@ def test_multiply_adds_match_specs(full):
     """SPECS' 52.23 G is torchinfo's count: (weights + bias) x output positions for every Conv, ConvTranspose and
     Linear; the attention projections (DenseGeneral here, F.multi_head_attention_forward there) not counted."""
     model, x, variables = full
-    outs = _captured(model, x, variables, (nn.Conv, nn.ConvTranspose, nn.Dense))
+    outs = _captured(model, x, variables, (nn.Conv, nn.ConvTranspose, PatchConvTranspose, nn.Dense))
     macs = sum(count(_params_at(variables["params"], path)) * math.prod(out.shape[:-1]) for path, out in outs.items())
     print(f"\nS0 multiply-adds, torchinfo convention: {macs / 1e9:.4f} G (SPECS: 52.23 G)")
     assert abs(macs / 1e9 - 52.23) < 0.01 * 52.23

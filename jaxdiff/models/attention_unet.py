@@ -25,7 +25,7 @@ import jax.numpy as jnp
 
 from jaxdiff.errors import InputError
 from jaxdiff.models import register
-from jaxdiff.models.layers import timestep_embedding
+from jaxdiff.models.layers import PatchConvTranspose, max_pool2, timestep_embedding
 from jaxdiff.models.swin import SwinStage
 
 
@@ -138,14 +138,14 @@ class AttentionUNet(nn.Module):
             if self.sagan:
                 h = SelfAttention2D(name=f"sagan_{i}")(h)
             skips.append(h)
-            h = nn.max_pool(h, (2, 2), strides=(2, 2))
+            h = max_pool2(h)
         h = ConvBlock(self.bottleneck_channels, name="mid")(h)
         if self.swin:
             h = SwinStage(self.swin_depth, self.swin_heads, self.swin_window, self.swin_mlp_ratio,
                           self.faithful_swin, name="swin")(h)
         for i in reversed(range(len(self.channels))):
             c, skip = self.channels[i], skips[i]
-            h = nn.ConvTranspose(c, (2, 2), strides=(2, 2), padding="VALID", name=f"up_{i}")(h)
+            h = PatchConvTranspose(c, name=f"up_{i}")(h)
             if self.gates:
                 skip = AttentionGate(max(c // 2, 1), name=f"gate_{i}")(h, skip)
             h = ConvBlock(c, name=f"dec_{i}")(jnp.concatenate([h, skip], axis=-1))

@@ -544,6 +544,47 @@ class UpsampleConv(nn.Module):
         return upsample_conv(x, kernel.astype(x.dtype), bias.astype(x.dtype))
 
 
+def patch_conv_transpose(x, kernel, bias):
+    """Transposed conv whose kernel equals its stride ("VALID"), as one matmul and a depth-to-space reshape.
+
+    With k = stride the output patches do not overlap: out[b, k i + d, ..., o] = sum_c x[b, i, ..., c]
+    kernel[k-1-d, ..., c, o] + bias[o] (lax.conv_transpose's tap order). XLA lowers the weight gradient of the
+    lhs-dilated convolution to a base-dilated convolution (most of S0's backward conv time on XLA:CPU); as a
+    `matmul` the gradients are plain products (x^T g for the kernel), on every backend.
+
+    Args:
+      x: (B, S1, ..., C) channels-last input.
+      kernel: (k1, ..., C, K) as `nn.ConvTranspose(K, (k1, ...), strides=(k1, ...), padding="VALID")` holds it.
+      bias: (K,).
+    Returns:
+      (B, k1 S1, ..., K), the same values as that `nn.ConvTranspose`.
+    """
+    rank = x.ndim - 2
+    ks, c, out = kernel.shape[:rank], kernel.shape[-2], kernel.shape[-1]
+    flipped = kernel[(slice(None, None, -1),) * rank]
+    w = jnp.moveaxis(flipped, rank, 0).reshape(c, -1)  # (C, k1 ... K)
+    b, spatial = x.shape[0], x.shape[1:-1]
+    y = matmul(x.reshape(-1, c), w).reshape(b, *spatial, *ks, out)  # (B, S..., k..., K)
+    order = [0] + [a for i in range(rank) for a in (1 + i, 1 + rank + i)] + [1 + 2 * rank]
+    return y.transpose(order).reshape(b, *(n * k for n, k in zip(spatial, ks)), out) + bias
+
+
+class PatchConvTranspose(nn.Module):
+    """`nn.ConvTranspose(features, kernel_size, strides=kernel_size, padding="VALID")` (same parameters: `kernel`
+    (*kernel_size, C, features) lecun-normal, `bias` zeros) applied by `patch_conv_transpose`.
+    Call: x (B, S1, ..., C) -> (B, k1 S1, ..., features)."""
+    features: int
+    kernel_size: tuple[int, ...] = (2, 2)
+
+    @nn.compact
+    def __call__(self, x):
+        kernel = self.param("kernel", nn.initializers.lecun_normal(), (*self.kernel_size, x.shape[-1], self.features),
+                            jnp.float32)
+        bias = self.param("bias", nn.initializers.zeros, (self.features,), jnp.float32)
+        x, kernel, bias = nn.dtypes.promote_dtype(x, kernel, bias)
+        return patch_conv_transpose(x, kernel, bias)
+
+
 class Upsample(nn.Module):
     """Double every spatial axis by nearest-neighbour repetition, then (use_conv) a 3x3(x3) conv to `channels`
     (default: input channels), computed on the coarse grid (`upsample_conv`).

@@ -19,7 +19,7 @@ import jax.numpy as jnp
 
 from jaxdiff.errors import InputError
 from jaxdiff.models import register
-from jaxdiff.models.layers import SEBlock, max_pool2, timestep_embedding
+from jaxdiff.models.layers import PatchConvTranspose, SEBlock, max_pool2, timestep_embedding, with_scalar
 
 _LEAK = 0.2
 
@@ -42,13 +42,20 @@ class ConvBlock(nn.Module):
 
     @nn.compact
     def __call__(self, x, *, train: bool = False):
-        residual = nn.Conv(self.features, (1, 1), name="residual")(x)
-        h = nn.Conv(self.features, (3, 3), padding="SAME", name="conv1")(x)
-        h = nn.leaky_relu(_batch_norm(train, "bn1")(h), _LEAK)
+        # Each leaky ReLU's slope is tied to a conv output (materialised anyway) so that XLA does not share one
+        # full-size broadcast of the constant between all blocks (see `layers.with_scalar`).
+        residual, slope_out = with_scalar(nn.Conv(self.features, (1, 1), name="residual")(x), _LEAK)
+        h, slope_in = with_scalar(nn.Conv(self.features, (3, 3), padding="SAME", name="conv1")(x), _LEAK)
+        h = _leaky_relu(_batch_norm(train, "bn1")(h), slope_in)
         h = nn.Dropout(self.channel_dropout, broadcast_dims=(1, 2), deterministic=not train, name="drop2d")(h)
         h = nn.Conv(self.features, (3, 3), padding="SAME", name="conv2")(h)
         h = SEBlock(self.se_reduction, name="se")(_batch_norm(train, "bn2")(h))
-        return nn.leaky_relu(h + residual, _LEAK)
+        return _leaky_relu(h + residual, slope_out)
+
+
+def _leaky_relu(x, slope):
+    """leaky_relu(x) = max(x, slope x) for 0 < slope < 1 (no zero constant); `slope` a 0-d array."""
+    return jnp.maximum(x, x * slope)
 
 
 class TransformerEncoderLayer(nn.Module):
@@ -111,7 +118,7 @@ class UpBlock(nn.Module):
 
     @nn.compact
     def __call__(self, x, skip, *, train: bool = False):
-        up = nn.ConvTranspose(self.features, (2, 2), strides=(2, 2), padding="VALID", name="upconv")(x)
+        up = PatchConvTranspose(self.features, name="upconv")(x)
         h = jnp.concatenate([skip, up], axis=-1)
         return ConvBlock(self.features, self.channel_dropout, self.se_reduction, name="block")(h, train=train)
 
@@ -228,6 +235,6 @@ class ErrorVAE(nn.Module):
             eps = jax.random.normal(self.make_rng("sample"), mu.shape, mu.dtype)
             z = mu + jnp.exp(0.5 * logvar) * eps
         for i, f in enumerate(reversed(self.features)):
-            z = nn.relu(nn.ConvTranspose(f, (2, 2), strides=(2, 2), padding="VALID", name=f"dec{i + 1}")(z))
+            z = nn.relu(PatchConvTranspose(f, name=f"dec{i + 1}")(z))
         recon = nn.Conv(self.out_channels, (3, 3), padding="SAME", name="out")(z)
         return recon, mu, logvar

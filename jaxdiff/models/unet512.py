@@ -15,6 +15,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from jaxdiff.models import register
+from jaxdiff.models.layers import PatchConvTranspose, max_pool2
 
 
 class ConvBNReLU2(nn.Module):
@@ -60,9 +61,9 @@ class UNet512(nn.Module):
         for level, width in enumerate(self.widths[:-1]):
             x = self.block(width, f"enc{level}")(x, train=train)
             skips.append(x)
-            x = nn.max_pool(x, (2, 2), strides=(2, 2))
+            x = max_pool2(x)
         x = self.block(self.widths[-1], "bridge")(x, train=train)
         for level in reversed(range(len(self.widths) - 1)):
-            x = nn.ConvTranspose(self.widths[level], (2, 2), strides=(2, 2), padding="VALID", name=f"up{level}")(x)
+            x = PatchConvTranspose(self.widths[level], name=f"up{level}")(x)
             x = self.block(self.widths[level], f"dec{level}")(jnp.concatenate([x, skips.pop()], axis=-1), train=train)
         return nn.Conv(self.num_classes, (1, 1), name="head")(x)

@@ -13,6 +13,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from jaxdiff.models.layers import PatchConvTranspose
 from jaxdiff.models.sam.image_encoder import LN_EPS, MLPBlock, gelu
 
 
@@ -148,11 +149,10 @@ class MaskDecoder(nn.Module):
         tokens = jnp.concatenate([jnp.broadcast_to(out_tokens, (b, *out_tokens.shape)), sparse], axis=1)
         tokens, keys = TwoWayTransformer(self.depth, self.num_heads, self.mlp_dim, ln_eps=self.ln_eps,
                                          name="transformer")(tokens, image_embeddings + dense, image_pe)
-        up = nn.ConvTranspose(self.dim // 4, (2, 2), strides=(2, 2), padding="VALID", name="upscale_conv1")(
+        up = PatchConvTranspose(self.dim // 4, name="upscale_conv1")(
             keys.reshape(b, g, g, self.dim))
         up = gelu(nn.LayerNorm(epsilon=LN_EPS, name="upscale_ln")(up))
-        up = gelu(nn.ConvTranspose(self.dim // 8, (2, 2), strides=(2, 2), padding="VALID",
-                                   name="upscale_conv2")(up))
+        up = gelu(PatchConvTranspose(self.dim // 8, name="upscale_conv2")(up))
         hyper = jnp.stack([MLP(self.dim, self.dim // 8, 3, name=f"output_hypernetworks_mlps_{i}")(tokens[:, 1 + i])
                            for i in range(n_masks)], axis=-1)                          # (B, C/8, n_masks)
         masks = jnp.einsum("bhwc,bcm->bhwm", up, hyper)
