@@ -57,6 +57,7 @@ from typing import Callable
 import ml_collections
 import numpy as np
 
+import jaxdiff
 from configs import medsegdiff_seed, medsegdiff_tiny, quickstart, transformer_unet_brats, transformer_unet_tiny
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -906,7 +907,9 @@ def _report(args, rows, infos, notes, sizes, started: str, load: float, command:
                if r["model"] == name and r["framework"] in BASELINES and r["params"] != ""]
         lines.append(f"- {name}: {CASE_BY_NAME[name].label}; batch {info['batch']}, {info['image_size']}x"
                      f"{info['image_size']}, {info['params']:,} parameters"
-                     + (f"; baselines: {', '.join(own)} parameters" if own else ""))
+                     + (f"; baselines: {', '.join(own)} parameters" if own else "")
+                     + (f"; JAX with the config's xla_cpu_fusion={fusion!r}"
+                        if (fusion := CASE_BY_NAME[name].config(False).get("xla_cpu_fusion")) else ""))
     lines += ["", "Notes:", "", *[f"- {n}" for n in notes]]
     return "\n".join(lines) + "\n"
 
@@ -1030,6 +1033,8 @@ def run_profile(args) -> str:
 def worker_main(args) -> None:
     case, sizes = CASE_BY_NAME[args.case], Sizes.of(args.quick, args.repeats)
     role = args.worker
+    if role in ("jax", "profile-jax"):  # as the entry points do, before JAX starts
+        jaxdiff.set_cpu_fusion(case.config(args.quick).get("xla_cpu_fusion"))
     try:
         if role == "jax":
             res = jax_worker(case, args.quick, sizes, args.files)
@@ -1051,7 +1056,8 @@ def parse_args(argv=None):
     p.add_argument("--quick", action="store_true",
                    help="tiny sizes (16x16, batch 2, DDIM-5), jax, torch eager and the baselines (monai, diffusers)")
     p.add_argument("--full", action="store_true", help="also S0 at full size")
-    p.add_argument("--profile", action="store_true", help="op-level profile of the train step of --cases (default unet2d), JAX and torch eager")
+    p.add_argument("--profile", action="store_true",
+                   help="op-level profile of the train step of --cases (default unet2d), JAX and torch eager")
     p.add_argument("--out", default=os.path.join(REPO, "benchmarks", "results"), help="results directory")
     p.add_argument("--repeats", type=int, default=None, help="timed repeats (default 5, --quick 2)")
     p.add_argument("--cases", nargs="+", choices=sorted(CASE_BY_NAME), help="only these models")

@@ -8,7 +8,10 @@ XLA:CPU defaults: importing jaxdiff before JAX creates its CPU backend adds `CPU
 (unless the flag is already set there, or `JAXDIFF_XLA_CPU_DEFAULTS=0`). They route XLA:CPU's dots,
 convolutions, elementwise and reduction fusions through YNNPACK, which uses every core (XLA's own convolution
 runs on one); measured on the 2-core CPU: the quickstart train step 876 -> 678 ms, same outputs (parity tests).
-`xla_cpu_*` flags are read by the CPU backend only: GPU and TPU compilation is unchanged.
+`xla_cpu_*` flags are read by the CPU backend only: GPU and TPU compilation is unchanged. A config may choose other
+fusion types with its top-level key `xla_cpu_fusion` (e.g. "dot,reduce": narrow models whose elementwise work
+runs on 1-16 channels are faster without YNNPACK's elementwise fusions); the entry points apply it with
+`set_cpu_fusion` before JAX starts.
 
 The command-line entry points (`train`, `sample`, `evaluate`) also call `reexec_with_malloc_defaults()`: XLA
 allocates each step's temporary buffer (hundreds of MB for a UNet step) with malloc, which glibc serves with a fresh
@@ -22,19 +25,62 @@ import sys
 
 __version__ = "0.1.0"
 
-CPU_XLA_FLAGS = ("--xla_cpu_experimental_ynn_fusion_type=dot,eltwise,reduce",)
+YNN_FUSION_FLAG = "--xla_cpu_experimental_ynn_fusion_type"
+CPU_XLA_FLAGS = (f"{YNN_FUSION_FLAG}=dot,eltwise,reduce",)
+_ADDED_ENV = "JAXDIFF_ADDED_XLA_FLAGS"  # the flags in XLA_FLAGS that jaxdiff added (seen by child processes)
+
+
+def _user_xla_flags() -> str:
+    """XLA_FLAGS without the flags jaxdiff added to it (in this process or the parent it inherited them from)."""
+    added = set(os.environ.get(_ADDED_ENV, "").split())
+    return " ".join(f for f in os.environ.get("XLA_FLAGS", "").split() if f not in added)
+
+
+_USER_XLA_FLAGS = _user_xla_flags()
+
+
+def _set_added_flags(remove: str | None, add: list[str]) -> None:
+    """Put `add` into XLA_FLAGS (dropping flags named `remove`) and record them as added by jaxdiff."""
+    kept = [f for f in os.environ.get("XLA_FLAGS", "").split() if remove is None or f.split("=")[0] != remove]
+    added = [f for f in os.environ.get(_ADDED_ENV, "").split() if remove is None or f.split("=")[0] != remove]
+    os.environ["XLA_FLAGS"] = " ".join(kept + [f for f in add if f not in kept])
+    os.environ[_ADDED_ENV] = " ".join(added + [f for f in add if f not in added])
 
 
 def _add_cpu_xla_flags() -> None:
     if os.environ.get("JAXDIFF_XLA_CPU_DEFAULTS", "1") == "0":
         return
-    flags = os.environ.get("XLA_FLAGS", "")
-    missing = [f for f in CPU_XLA_FLAGS if f.split("=")[0] not in flags]
+    missing = [f for f in CPU_XLA_FLAGS if f.split("=")[0] not in os.environ.get("XLA_FLAGS", "")]
     if missing:
-        os.environ["XLA_FLAGS"] = " ".join([flags, *missing]).strip()
+        _set_added_flags(None, missing)
 
 
 _add_cpu_xla_flags()
+
+
+def set_cpu_fusion(types: str | None) -> bool:
+    """Route these XLA:CPU fusion types ("dot,reduce", ...) through YNNPACK instead of `CPU_XLA_FLAGS`' choice.
+
+    For a config's `xla_cpu_fusion` key; call it before JAX creates its CPU backend (the flag is read then).
+    No-op (returns False) when `types` is empty, when the user's XLA_FLAGS sets the flag (the user wins) or with
+    `JAXDIFF_XLA_CPU_DEFAULTS=0`, and with a warning when JAX's backends already exist (the flag would be ignored:
+    a notebook that ran JAX first keeps the defaults)."""
+    if (not types or os.environ.get("JAXDIFF_XLA_CPU_DEFAULTS", "1") == "0"
+            or YNN_FUSION_FLAG in _USER_XLA_FLAGS):
+        return False
+    flag = f"{YNN_FUSION_FLAG}={types}"
+    if flag in os.environ.get("XLA_FLAGS", "").split():
+        return True
+    if "jax" in sys.modules:
+        from jax._src import xla_bridge
+        if xla_bridge.backends_are_initialized():
+            import warnings
+            warnings.warn(f"xla_cpu_fusion={types!r} not applied: JAX's backends already exist in this process",
+                          stacklevel=2)
+            return False
+    _set_added_flags(YNN_FUSION_FLAG, [flag])
+    return True
+
 
 MALLOC_TUNABLE = "glibc.malloc.hugetlb=1"
 

@@ -65,3 +65,43 @@ def test_cli_reexec_adds_the_malloc_tunable_once_and_keeps_arguments():
                                         f"argv ['--flag', 'x y'] {both}", f"kept {both}"]
     off = run_python(["-c", REEXEC], env_extra={"JAXDIFF_XLA_CPU_DEFAULTS": "0", "GLIBC_TUNABLES": ""})
     assert off.stdout.splitlines() == ["argv [] ", "kept "]
+
+
+FUSION = """
+import json, os, subprocess, sys, warnings
+import jaxdiff
+out = {"applied": jaxdiff.set_cpu_fusion(sys.argv[1] or None), "flags": os.environ.get("XLA_FLAGS", "")}
+# a child process (a benchmark worker, the re-exec'd CLI) still tells jaxdiff's flags from the user's
+child = subprocess.run([sys.executable, "-c", "import jaxdiff, os; print(jaxdiff.set_cpu_fusion('dot'), "
+                        "os.environ['XLA_FLAGS'])"], capture_output=True, text=True, check=True)
+out["child"] = child.stdout.strip()
+import jax
+jax.numpy.zeros(1).block_until_ready()  # backends exist from here: a new choice is refused with a warning
+with warnings.catch_warnings(record=True) as caught:
+    warnings.simplefilter("always")
+    out["late"] = jaxdiff.set_cpu_fusion("dot,eltwise")
+out["warning"] = str(caught[0].message) if caught else ""
+print(json.dumps(out))
+"""
+
+
+def _fusion(types: str, xla_flags: str) -> dict:
+    proc = run_python(["-c", FUSION, types], env_extra={"JAXDIFF_XLA_CPU_DEFAULTS": "1", "XLA_FLAGS": xla_flags,
+                                                       "JAXDIFF_ADDED_XLA_FLAGS": ""})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def test_config_cpu_fusion_replaces_the_default_but_not_the_users_flag():
+    import jaxdiff
+    flag = jaxdiff.YNN_FUSION_FLAG
+    chosen = _fusion("dot,reduce", "--xla_cpu_enable_fast_math=false")
+    assert chosen["applied"] is True
+    assert chosen["flags"].split() == ["--xla_cpu_enable_fast_math=false", f"{flag}=dot,reduce"]
+    assert chosen["child"] == f"True --xla_cpu_enable_fast_math=false {flag}=dot"
+    assert chosen["late"] is False and "backends already exist" in chosen["warning"]
+    default = _fusion("", "")
+    assert default["applied"] is False and default["flags"].split() == list(jaxdiff.CPU_XLA_FLAGS)
+    users = _fusion("dot,reduce", f"{flag}=dot")
+    assert users["applied"] is False and users["flags"] == f"{flag}=dot"
+    assert users["child"] == f"False {flag}=dot"

@@ -10,6 +10,7 @@ import grain
 import jax
 import orbax.checkpoint as ocp
 
+import jaxdiff
 from jaxdiff.io import files
 
 
@@ -66,6 +67,7 @@ def load_for_inference(workdir: str):
     from jaxdiff.training.state import TrainState, make_optimizer
 
     config = config_lib.from_json_file(str(files.path(workdir) / "config.json"))
+    jaxdiff.set_cpu_fusion(config.get("xla_cpu_fusion"))
     task = tasks.build(config)
     ckpt_dir = files.path(workdir) / "checkpoints"
     if not ckpt_dir.is_dir():

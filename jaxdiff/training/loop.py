@@ -19,6 +19,7 @@ import numpy as np
 from jax.experimental import multihost_utils
 from tqdm.auto import tqdm
 
+import jaxdiff
 from jaxdiff import config as config_lib
 from jaxdiff import data, tasks
 from jaxdiff.errors import InputError
@@ -143,6 +144,7 @@ def _report_state(state):
 
 def train(config, workdir: str, quiet: bool = False) -> dict:
     """Train (or resume) the experiment `config` in `workdir`; returns the final report dict."""
+    jaxdiff.set_cpu_fusion(config.get("xla_cpu_fusion"))
     task = tasks.build(config)
     mesh = shd.make_mesh(config.get("mesh"))
     train_iter = _data_iterator(config, "train", mesh)
