@@ -93,16 +93,35 @@ class Attention(nn.Module):
         b, h, w, c = x.shape
         qkv = Dense(3 * self.heads * self.dim_head, use_bias=False, name="to_qkv")(_layer_norm(False)(x))
         q, k, v = (a.reshape(b, h * w, self.heads, self.dim_head) for a in jnp.split(qkv, 3, axis=-1))
-        if self.linear:  # heads-major (B, heads, N, d): context = k^T v (B, heads, d, e), out = q context
-            q, k, v = (a.swapaxes(1, 2) for a in (q, k, v))
-            q, scale = with_scalar(q, self.dim_head ** -0.5)
-            q = jax.nn.softmax(q, axis=-1) * scale
-            context = tn_matmul(jax.nn.softmax(k, axis=2), v)
-            out = matmul(q, context).swapaxes(1, 2)
+        if self.linear:
+            out = self._linear(q, k, v, c)
         else:
-            out = dot_product_attention(q, k, v)
-        out = Dense(c, name="to_out")(out.reshape(b, h, w, self.heads * self.dim_head))
-        return x + (_layer_norm(False)(out) if self.linear else out)
+            out = Dense(c, name="to_out")(dot_product_attention(q, k, v).reshape(b, h, w, self.heads * self.dim_head))
+        return x + (_layer_norm(False)(out.reshape(b, h, w, c)) if self.linear else out)
+
+    def _linear(self, q, k, v, c: int):
+        """Linear attention and `to_out`, q, k, v (B, N, heads, d) -> (B, N, c), without heads-major copies of q
+        or of the output: out = to_out(q context) = q_flat M + bias with M = blockdiag(context) W_out
+        (B, heads d, c), a product of small matrices, so the (B, heads, N, d) q context is never formed."""
+        b, n, heads, d = q.shape
+        q, scale = with_scalar(q, d ** -0.5)
+        q = (jax.nn.softmax(q, axis=-1) * scale).reshape(b, n, heads * d)
+        k, v = (a.swapaxes(1, 2) for a in (jax.nn.softmax(k, axis=1), v))  # (B, heads, N, d)
+        context = tn_matmul(k, v)  # (B, heads, d, e)
+        kernel, bias = DenseParams(c, name="to_out")(heads * d)
+        m = jnp.einsum("bhde,hec->bhdc", context, kernel.reshape(heads, d, c)).reshape(b, heads * d, c)
+        return matmul(q, m) + bias
+
+
+class DenseParams(nn.Module):
+    """The parameters of `layers.Dense(features)` (`kernel` (in_features, features) lecun-normal, `bias` zeros),
+    for a caller that applies them itself. Call: in_features -> (kernel, bias)."""
+    features: int
+
+    @nn.compact
+    def __call__(self, in_features: int):
+        return (self.param("kernel", nn.initializers.lecun_normal(), (in_features, self.features), jnp.float32),
+                self.param("bias", nn.initializers.zeros, (self.features,), jnp.float32))
 
 
 class FeedForward(nn.Module):
