@@ -4,13 +4,17 @@ replaces, same inputs, same outputs (checked), median wall time of jitted calls 
     python -m benchmarks.micro            # prints a markdown table
 
 Rows: `tn_matmul` (a^T b) vs `einsum("...km,...kn->...mn")` at the shapes of attention's dV / dK and of Dense kernel
-gradients in the benchmark models; `max_pool2` vs `nn.max_pool`, forward + backward.
+gradients in the benchmark models; `max_pool2` vs `nn.max_pool`, forward + backward; `PatchConvTranspose` vs
+`nn.ConvTranspose`, forward + backward. Then two alternatives that were tried and rejected, in the "jaxdiff ms"
+column: Winograd F(2x2, 3x3) convolutions written in JAX against XLA's convolution, and a flash-style attention
+backward (probabilities recomputed from the log-sum-exp) against `dot_product_attention`'s (probabilities saved).
 """
 from __future__ import annotations
 
+import itertools
 import time
 
-import jaxdiff  # noqa: F401  (XLA:CPU defaults before JAX starts)
+import jaxdiff  # (XLA:CPU defaults before JAX starts)
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -55,9 +59,79 @@ def rows():
            median_ms(grad_of(layers.max_pool2), x))
 
 
+_BT = np.array([[1, 0, -1, 0], [0, 1, 1, 0], [0, -1, 1, 0], [0, 1, 0, -1]], np.float32)
+_G = np.array([[1, 0, 0], [.5, .5, .5], [.5, -.5, .5], [0, 0, 1]], np.float32)
+_AT = np.array([[1, 1, 1, 0], [0, 1, -1, -1]], np.float32)
+
+
+def winograd_conv3x3(x, w):
+    """Rejected alternative: 3x3 "SAME" conv of (B, H, W, C) (H, W even) as Winograd F(2x2, 3x3): 16 products of
+    (B H W / 4, C) x (C, K) instead of 36 multiply-adds per 2x2 output tile, plus tile transforms."""
+    b, h, wd, _ = x.shape
+    xp = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))
+    tiles = jnp.stack([jnp.stack([xp[:, i:i + h:2, j:j + wd:2] for j in range(4)]) for i in range(4)])
+    v = jnp.einsum("ai,bj,ijnhwc->abnhwc", _BT, _BT, tiles)
+    m = jnp.einsum("abnhwc,abck->abnhwk", v, jnp.einsum("ai,ijck,bj->abck", _G, w, _G))
+    y = jnp.einsum("pa,qb,abnhwk->nhpwqk", _AT, _AT, m)
+    return y.reshape(b, h, wd, w.shape[-1])
+
+
+def _flash_fwd(q, k, v):
+    s = layers._scores(q, k)  # noqa: SLF001
+    m = s.max(-1, keepdims=True)
+    e = jnp.exp(s - m)
+    total = e.sum(-1, keepdims=True)
+    out = jnp.einsum("bhqk,bhkd->bhqd", e, v) / total
+    return out, (q, k, v, out, m + jnp.log(total))
+
+
+def _flash_bwd(res, g):
+    q, k, v, out, lse = res
+    p = jnp.exp(layers._scores(q, k) - lse)  # noqa: SLF001
+    dp = jnp.einsum("bhqd,bhkd->bhqk", g, v)
+    ds = p * (dp - jnp.sum(g * out, -1, keepdims=True)) * q.shape[-1] ** -0.5
+    return jnp.einsum("bhqk,bhkd->bhqd", ds, k), layers.tn_matmul(ds, q), layers.tn_matmul(p, g)
+
+
+flash_attention = jax.custom_vjp(lambda q, k, v: _flash_fwd(q, k, v)[0])
+flash_attention.defvjp(_flash_fwd, _flash_bwd)
+
+
+def alternatives():
+    key = iter(jax.random.split(jax.random.key(1), 16))
+    x = jax.random.normal(next(key), (16, 32, 32, 16))
+    ref = nn.ConvTranspose(32, (2, 2), strides=(2, 2), padding="VALID")
+    params = ref.init(next(key), x)
+
+    def grad_of(apply):
+        return jax.grad(lambda p, x: jnp.sum(jnp.sin(apply(p, x))), argnums=(0, 1))
+
+    new = layers.PatchConvTranspose(32)
+    np.testing.assert_allclose(new.apply(params, x), ref.apply(params, x), rtol=1e-5, atol=1e-5)
+    yield ("2x2 stride-2 transposed conv (S0 up4), value and gradients, x (16, 32, 32, 16) -> 32",
+           median_ms(grad_of(ref.apply), params, x), median_ms(grad_of(new.apply), params, x))
+    conv = lambda x, w: jax.lax.conv_general_dilated(x, w, (1, 1), "SAME",  # noqa: E731
+                                                     dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    for shape, k in (((4, 64, 64, 32), 32), ((4, 32, 32, 64), 64)):  # unet2d's DDIM batch, levels 1 and 2
+        x, w = jax.random.normal(next(key), shape), jax.random.normal(next(key), (3, 3, shape[-1], k)) * 0.05
+        np.testing.assert_allclose(winograd_conv3x3(x, w), conv(x, w), rtol=1e-4, atol=1e-4)
+        fb = lambda f: jax.grad(lambda x, w: jnp.sum(jnp.sin(f(x, w))), argnums=(0, 1))  # noqa: E731
+        yield (f"rejected: Winograd 3x3 conv, forward, x {shape} -> {k}", median_ms(conv, x, w),
+               median_ms(winograd_conv3x3, x, w))
+        yield (f"rejected: Winograd 3x3 conv, value and gradients, x {shape} -> {k}", median_ms(fb(conv), x, w),
+               median_ms(fb(winograd_conv3x3), x, w))
+    q, k_, v = (jax.random.normal(next(key), (16, 4, 256, 32)) for _ in range(3))
+    fb = lambda f: jax.grad(lambda q, k, v: jnp.sum(jnp.sin(f(q, k, v))), argnums=(0, 1, 2))  # noqa: E731
+    saved = layers._attention  # noqa: SLF001  (heads-major, probabilities saved)
+    np.testing.assert_allclose(fb(flash_attention)(q, k_, v)[0], fb(saved)(q, k_, v)[0], rtol=1e-3, atol=1e-4)
+    yield ("rejected: flash-style attention backward, value and gradients, (16, 4 heads, 256, 32) (MedSegDiff)",
+           median_ms(fb(saved), q, k_, v), median_ms(fb(flash_attention), q, k_, v))
+
+
 def main() -> None:
+    jaxdiff.reexec_with_malloc_defaults()  # as the CLIs run: fresh buffers would page-fault in 4 KiB pages
     print("| operation | plain ms | jaxdiff ms | speedup |\n|---|---:|---:|---:|")
-    for name, plain, ours in rows():
+    for name, plain, ours in itertools.chain(rows(), alternatives()):
         print(f"| {name} | {plain:.2f} | {ours:.2f} | {plain / ours:.2f}x |", flush=True)
 
 
