@@ -105,3 +105,14 @@ def test_config_cpu_fusion_replaces_the_default_but_not_the_users_flag():
     users = _fusion("dot,reduce", f"{flag}=dot")
     assert users["applied"] is False and users["flags"] == f"{flag}=dot"
     assert users["child"] == f"False {flag}=dot"
+
+
+def test_entry_point_imports_leave_jax_unstarted_so_a_config_can_still_choose():
+    """train / sample / evaluate apply `xla_cpu_fusion` after importing the training modules: importing them must
+    not start JAX's backends (a module-level jnp computation would, and the choice would be ignored)."""
+    script = ("import jaxdiff.train, jaxdiff.sample, jaxdiff.evaluate, jaxdiff.training.loop, "
+              "jaxdiff.training.checkpoint, jaxdiff.tasks, jaxdiff.models\n"
+              "from jax._src import xla_bridge\nprint(xla_bridge.backends_are_initialized())")
+    proc = run_python(["-c", script], env_extra={"JAXDIFF_XLA_CPU_DEFAULTS": "1"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.split() == ["False"]
