@@ -1005,9 +1005,9 @@ def run_profile(args) -> str:
     """Profile the train step of each case of --cases (default the 2D UNet) in both frameworks.
 
     Writes <machine>-profile.md for the 2D UNet and <machine>-profile-<case>.md for the others."""
-    reports = []
+    reports, sizes = [], Sizes.of(args.quick, args.repeats)
     for name in args.cases or ["unet2d"]:
-        case, sizes = CASE_BY_NAME[name], Sizes.of(args.quick, args.repeats)
+        case = CASE_BY_NAME[name]
         with tempfile.TemporaryDirectory(prefix="jaxdiff-profile-") as files:
             prepare(case, args.quick, sizes, files)
             jx, tc = (run_worker(args, role, case, files) for role in ("profile-jax", "profile-torch"))

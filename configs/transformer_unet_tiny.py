@@ -16,7 +16,7 @@ def get_config():
     c.loss.dice_weight = 1.0
     c.eval.num_examples = 64
     # XLA:CPU only: at 8-16 channels YNNPACK's elementwise fusions are slower than XLA's own loop fusions (train
-    # step 141-170 -> 105-115 ms on the 2-core CPU, `python -m benchmarks.run --cases s0_tiny --frameworks jax`
+    # step 141-170 -> 105-117 ms on the 2-core CPU, `python -m benchmarks.run --cases s0_tiny --frameworks jax`
     # with XLA_FLAGS=--xla_cpu_experimental_ynn_fusion_type=... ; the wide models gain from them).
     c.xla_cpu_fusion = "dot,reduce"
     return c

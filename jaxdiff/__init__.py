@@ -26,6 +26,7 @@ import sys
 __version__ = "0.1.0"
 
 YNN_FUSION_FLAG = "--xla_cpu_experimental_ynn_fusion_type"
+YNN_FUSION_TYPES = ("dot", "eltwise", "reduce", "individual_dot", "individual_convolution")  # XLA's LibraryFusionType
 CPU_XLA_FLAGS = (f"{YNN_FUSION_FLAG}=dot,eltwise,reduce",)
 _ADDED_ENV = "JAXDIFF_ADDED_XLA_FLAGS"  # the flags in XLA_FLAGS that jaxdiff added (seen by child processes)
 
@@ -62,9 +63,15 @@ def set_cpu_fusion(types: str | None) -> bool:
     """Route these XLA:CPU fusion types ("dot,reduce", ...) through YNNPACK instead of `CPU_XLA_FLAGS`' choice.
 
     For a config's `xla_cpu_fusion` key; call it before JAX creates its CPU backend (the flag is read then).
+    Raises InputError naming the key for a type outside `YNN_FUSION_TYPES`.
     No-op (returns False) when `types` is empty, when the user's XLA_FLAGS sets the flag (the user wins) or with
     `JAXDIFF_XLA_CPU_DEFAULTS=0`, and with a warning when JAX's backends already exist (the flag would be ignored:
     a notebook that ran JAX first keeps the defaults)."""
+    unknown = [t for t in (types or "").split(",") if t not in YNN_FUSION_TYPES]
+    if types and unknown:  # XLA would abort at startup with its whole flag list
+        from jaxdiff.errors import InputError
+        raise InputError(f"config key xla_cpu_fusion: unknown fusion type {unknown[0]!r} in {types!r} "
+                         f"(comma-separated, of {', '.join(YNN_FUSION_TYPES)})")
     if (not types or os.environ.get("JAXDIFF_XLA_CPU_DEFAULTS", "1") == "0"
             or YNN_FUSION_FLAG in _USER_XLA_FLAGS):
         return False

@@ -3,8 +3,10 @@ gradients with them equal those without, and the flags reach XLA_FLAGS only when
 from __future__ import annotations
 
 import json
+import os
 
 import numpy as np
+import pytest
 
 from conftest import run_python
 
@@ -116,3 +118,20 @@ def test_entry_point_imports_leave_jax_unstarted_so_a_config_can_still_choose():
     proc = run_python(["-c", script], env_extra={"JAXDIFF_XLA_CPU_DEFAULTS": "1"})
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert proc.stdout.split() == ["False"]
+
+
+def test_unknown_fusion_type_is_a_one_line_error_naming_the_key(tmp_path):
+    import jaxdiff
+    from jaxdiff.errors import InputError
+    before = dict(os.environ)
+    with pytest.raises(InputError, match=r"config key xla_cpu_fusion: unknown fusion type 'elementwise'"):
+        jaxdiff.set_cpu_fusion("dot,elementwise")
+    assert dict(os.environ) == before
+    workdir = tmp_path / "run"
+    proc = run_python(["-m", "jaxdiff.train", "--config", "configs/transformer_unet_tiny.py",
+                       "--config.xla_cpu_fusion=dot,foo", "--workdir", str(workdir)])
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == [
+        "error: config key xla_cpu_fusion: unknown fusion type 'foo' in 'dot,foo' (comma-separated, of dot, eltwise, "
+        "reduce, individual_dot, individual_convolution)"]
+    assert not workdir.exists()

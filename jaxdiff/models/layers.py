@@ -409,12 +409,25 @@ class Dense(nn.Module):
 
     @nn.compact
     def __call__(self, x):
-        kernel = self.param("kernel", self.kernel_init, (x.shape[-1], self.features), jnp.float32)
+        kernel, bias = _dense_params(self, x.shape[-1])
         x, kernel = nn.dtypes.promote_dtype(x, kernel)
         y = matmul(x.reshape(-1, x.shape[-1]), kernel).reshape(*x.shape[:-1], self.features)
-        if self.use_bias:
-            y = y + self.param("bias", self.bias_init, (self.features,), jnp.float32).astype(y.dtype)
-        return y
+        return y if bias is None else y + bias.astype(y.dtype)
+
+
+class DenseParams(Dense):
+    """The parameters of `Dense` (same names, shapes and init) for a caller that applies them itself.
+    Call: in_features -> (kernel (in_features, features), bias (features,) or None)."""
+
+    @nn.compact
+    def __call__(self, in_features: int):
+        return _dense_params(self, in_features)
+
+
+def _dense_params(module: Dense, in_features: int):
+    kernel = module.param("kernel", module.kernel_init, (in_features, module.features), jnp.float32)
+    return kernel, (module.param("bias", module.bias_init, (module.features,), jnp.float32) if module.use_bias
+                    else None)
 
 
 def _attention_bwd(res, g):
@@ -519,9 +532,16 @@ def upsample_conv(x, kernel, bias):
             x, k, (1,) * rank, [_PHASE_PAD[ph] for ph in phase],
             dimension_numbers=jax.lax.conv_dimension_numbers(x.shape, k.shape, _conv_dims(rank))))
     b, spatial, out = x.shape[0], x.shape[1:-1], kernel.shape[-1]
-    y = jnp.stack(phases, axis=-2).reshape(b, *spatial, *(2,) * rank, out)  # (B, S..., p1..., K)
+    return _interleave(jnp.stack(phases, axis=-2).reshape(b, *spatial, *(2,) * rank, out)) + bias
+
+
+def _interleave(y):
+    """Depth to space: (B, S1, ..., Sr, k1, ..., kr, K) -> (B, k1 S1, ..., kr Sr, K), output position
+    k_i s_i + d_i taken from y[b, s..., d..., :]."""
+    rank = (y.ndim - 2) // 2
+    spatial, ks = y.shape[1:1 + rank], y.shape[1 + rank:1 + 2 * rank]
     order = [0] + [a for i in range(rank) for a in (1 + i, 1 + rank + i)] + [1 + 2 * rank]
-    return y.transpose(order).reshape(b, *(2 * n for n in spatial), out) + bias
+    return y.transpose(order).reshape(y.shape[0], *(n * k for n, k in zip(spatial, ks)), y.shape[-1])
 
 
 def _conv_dims(rank: int):
@@ -564,9 +584,7 @@ def patch_conv_transpose(x, kernel, bias):
     flipped = kernel[(slice(None, None, -1),) * rank]
     w = jnp.moveaxis(flipped, rank, 0).reshape(c, -1)  # (C, k1 ... K)
     b, spatial = x.shape[0], x.shape[1:-1]
-    y = matmul(x.reshape(-1, c), w).reshape(b, *spatial, *ks, out)  # (B, S..., k..., K)
-    order = [0] + [a for i in range(rank) for a in (1 + i, 1 + rank + i)] + [1 + 2 * rank]
-    return y.transpose(order).reshape(b, *(n * k for n, k in zip(spatial, ks)), out) + bias
+    return _interleave(matmul(x.reshape(-1, c), w).reshape(b, *spatial, *ks, out)) + bias
 
 
 class PatchConvTranspose(nn.Module):

@@ -40,7 +40,7 @@ import jax.numpy as jnp
 from jaxdiff.errors import InputError
 from jaxdiff.models import register
 from jaxdiff.models.ffparser import FFParser
-from jaxdiff.models.layers import (Dense, ResBlock, Upsample, dot_product_attention, matmul, tn_matmul,
+from jaxdiff.models.layers import (Dense, DenseParams, ResBlock, Upsample, dot_product_attention, matmul, tn_matmul,
                                    timestep_embedding, with_scalar)
 
 # lucidrains' LayerNorm eps in float32 (Flax's default is 1e-6).
@@ -111,17 +111,6 @@ class Attention(nn.Module):
         kernel, bias = DenseParams(c, name="to_out")(heads * d)
         m = jnp.einsum("bhde,hec->bhdc", context, kernel.reshape(heads, d, c)).reshape(b, heads * d, c)
         return matmul(q, m) + bias
-
-
-class DenseParams(nn.Module):
-    """The parameters of `layers.Dense(features)` (`kernel` (in_features, features) lecun-normal, `bias` zeros),
-    for a caller that applies them itself. Call: in_features -> (kernel, bias)."""
-    features: int
-
-    @nn.compact
-    def __call__(self, in_features: int):
-        return (self.param("kernel", nn.initializers.lecun_normal(), (in_features, self.features), jnp.float32),
-                self.param("bias", nn.initializers.zeros, (self.features,), jnp.float32))
 
 
 class FeedForward(nn.Module):
