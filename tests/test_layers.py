@@ -1,6 +1,6 @@
 """The hand-written kernels in `jaxdiff.models.layers` compute the same functions (and gradients) as the
-straightforward formulations they replace: fused GroupNorm + FiLM + activation, attention with its own backward
-pass, and the coarse-grid nearest-upsample conv."""
+straightforward formulations they replace: fused GroupNorm + FiLM + activation, LayerNorm and attention with
+their own backward passes, and the coarse-grid nearest-upsample conv."""
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -62,6 +62,26 @@ def test_group_norm_keeps_flax_parameters_and_dtype():
 def test_group_norm_rejects_indivisible_groups_with_the_config_key():
     with pytest.raises(Exception, match="model.groups"):
         layers.ResBlock(6, groups=4).init(jax.random.key(0), jnp.ones((1, 4, 4, 6)))
+
+
+@pytest.mark.parametrize("shape,use_bias", [((2, 5, 6, 16), True), ((3, 7, 8), False)])
+def test_layer_norm_is_flax_layer_norm_with_its_gradients(shape, use_bias):
+    rng = np.random.default_rng(4)
+    x = _rand(rng, shape, 3.0, 1.0)  # non-zero mean: the variance is two-pass
+    flax_norm = nn.LayerNorm(epsilon=1e-5, use_bias=use_bias, use_fast_variance=False)
+    ours = layers.LayerNorm(epsilon=1e-5, use_bias=use_bias)
+    variables = ours.init(jax.random.key(0), x)
+    assert (jax.tree.map(lambda a: (a.shape, a.dtype), variables)
+            == jax.tree.map(lambda a: (a.shape, a.dtype), flax_norm.init(jax.random.key(0), x)))
+    variables = jax.tree.map(lambda a: a + _rand(rng, a.shape, 0.5), variables)  # not the identity init
+    cot = _rand(rng, shape)
+    out, vjp = jax.vjp(ours.apply, variables, x)
+    ref, ref_vjp = jax.vjp(flax_norm.apply, variables, x)
+    np.testing.assert_allclose(out, ref, rtol=1e-5, atol=1e-5)
+    for got, want in zip(jax.tree.leaves(vjp(cot)), jax.tree.leaves(ref_vjp(cot))):
+        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
+    bf16 = jax.tree.map(lambda a: a.astype(jnp.bfloat16), variables)
+    assert ours.apply(bf16, x.astype(jnp.bfloat16)).dtype == jnp.bfloat16
 
 
 def test_attention_and_its_gradient_match_jax():

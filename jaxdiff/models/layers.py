@@ -194,6 +194,70 @@ class GroupNorm(nn.Module):
         return group_norm_act(x, a, b, self.num_groups, self.epsilon, act)
 
 
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
+def layer_norm(x, scale, bias, eps: float = 1e-5):
+    """LayerNorm over the last axis with a hand-written backward pass: (x - mean) / sqrt(var + eps) * scale + bias.
+
+    Args:
+      x: (..., C) input (any float dtype; statistics and arithmetic in float32).
+      scale: (C,) gain; bias: (C,) offset or None.
+      eps: variance epsilon. The variance is two-pass, mean((x - mean)^2), as torch and `nn.LayerNorm(
+        use_fast_variance=False)`.
+    Returns:
+      (..., C) array of x's dtype.
+
+    Same function as `nn.LayerNorm`. Under autodiff XLA shares the (C,) -> (..., C) broadcast of `scale` between
+    the forward and the backward pass and XLA:CPU's YNNPACK fusions then write it out at full size and read it
+    back in both; here the backward keeps x and the per-row statistics, recomputes the normalised x behind an
+    optimisation barrier and forms its own broadcast.
+    """
+    return _layer_norm_fwd(x, scale, bias, eps)[0]
+
+
+def _layer_norm_stats(x, eps: float):
+    """Per-row mean and 1/std of x (..., C) in float32 -> two (..., 1) arrays."""
+    xf = x.astype(jnp.float32)
+    mean = jnp.mean(xf, axis=-1, keepdims=True)
+    return mean, jax.lax.rsqrt(jnp.mean(jnp.square(xf - mean), axis=-1, keepdims=True) + eps)
+
+
+def _layer_norm_fwd(x, scale, bias, eps):
+    mean, rstd = _layer_norm_stats(x, eps)
+    y = (x.astype(jnp.float32) - mean) * rstd * scale.astype(jnp.float32)
+    y = y if bias is None else y + bias.astype(jnp.float32)
+    return y.astype(x.dtype), (x, scale, bias, mean, rstd)
+
+
+def _layer_norm_bwd(eps, res, g):
+    x, scale, bias, mean, rstd = jax.lax.optimization_barrier(res)
+    xhat = (x.astype(jnp.float32) - mean) * rstd
+    gf = g.astype(jnp.float32)
+    axes = tuple(range(x.ndim - 1))
+    dscale = jnp.sum(gf * xhat, axis=axes).astype(scale.dtype)
+    dbias = None if bias is None else jnp.sum(gf, axis=axes).astype(bias.dtype)
+    dxhat = gf * scale.astype(jnp.float32)
+    dx = rstd * (dxhat - jnp.mean(dxhat, axis=-1, keepdims=True)
+                 - xhat * jnp.mean(dxhat * xhat, axis=-1, keepdims=True))
+    return dx.astype(x.dtype), dscale, dbias
+
+
+layer_norm.defvjp(_layer_norm_fwd, _layer_norm_bwd)
+
+
+class LayerNorm(nn.Module):
+    """`nn.LayerNorm` over the last axis (same parameters: `scale` ones, `bias` zeros when `use_bias`; same names)
+    computed by `layer_norm` (two-pass variance, hand-written backward). Call: x (..., C) -> (..., C)."""
+    epsilon: float = 1e-6
+    use_bias: bool = True
+
+    @nn.compact
+    def __call__(self, x):
+        c = x.shape[-1]
+        scale = self.param("scale", nn.initializers.ones, (c,), jnp.float32)
+        bias = self.param("bias", nn.initializers.zeros, (c,), jnp.float32) if self.use_bias else None
+        return layer_norm(x, scale, bias, self.epsilon)
+
+
 def max_pool2(x):
     """2x max pooling with stride 2 over every spatial axis of (B, S1, ..., C) -> (B, S1 // 2, ..., C) (odd sizes
     drop their last row, as "VALID" pooling and torch's MaxPool(2)).

@@ -36,12 +36,13 @@ from typing import Optional, Sequence
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from jaxdiff.errors import InputError
 from jaxdiff.models import register
 from jaxdiff.models.ffparser import FFParser
-from jaxdiff.models.layers import (Dense, DenseParams, ResBlock, Upsample, dot_product_attention, matmul, tn_matmul,
-                                   timestep_embedding, with_scalar)
+from jaxdiff.models.layers import (Dense, DenseParams, LayerNorm, ResBlock, Upsample, dot_product_attention, matmul,
+                                   timestep_embedding, tn_matmul, with_scalar)
 
 # lucidrains' LayerNorm eps in float32 (Flax's default is 1e-6).
 _EPS = 1e-5
@@ -49,7 +50,7 @@ _EPS = 1e-5
 
 def _layer_norm(bias: bool, name: Optional[str] = None):
     """Channel LayerNorm with a learned gain (and bias if `bias`), two-pass variance like torch.var."""
-    return nn.LayerNorm(epsilon=_EPS, use_bias=bias, use_fast_variance=False, name=name)
+    return LayerNorm(epsilon=_EPS, use_bias=bias, name=name)
 
 
 def seed_time_embedding(t, dim: int):
@@ -91,26 +92,37 @@ class Attention(nn.Module):
     @nn.compact
     def __call__(self, x):
         b, h, w, c = x.shape
-        qkv = Dense(3 * self.heads * self.dim_head, use_bias=False, name="to_qkv")(_layer_norm(False)(x))
-        q, k, v = (a.reshape(b, h * w, self.heads, self.dim_head) for a in jnp.split(qkv, 3, axis=-1))
+        q, k, v = self._qkv(_layer_norm(False)(x).reshape(b * h * w, c), b)
         if self.linear:
             out = self._linear(q, k, v, c)
         else:
             out = Dense(c, name="to_out")(dot_product_attention(q, k, v).reshape(b, h, w, self.heads * self.dim_head))
         return x + (_layer_norm(False)(out.reshape(b, h, w, c)) if self.linear else out)
 
+    def _qkv(self, x, b: int):
+        """`to_qkv` (one (C, 3 heads d) kernel, torch's Linear) applied as three products with its column blocks:
+        x (B N, C) -> q, k, v (B, N, heads, d). Splitting the (B N, 3 heads d) product instead made XLA:CPU copy
+        each third out of it (strided slices, ~1 GB/s)."""
+        hd = self.heads * self.dim_head
+        kernel, _ = DenseParams(3 * hd, use_bias=False, name="to_qkv")(x.shape[-1])
+        x, kernel = nn.dtypes.promote_dtype(x, kernel)
+        return tuple(matmul(x, kernel[:, i * hd:(i + 1) * hd]).reshape(b, -1, self.heads, self.dim_head)
+                     for i in range(3))
+
     def _linear(self, q, k, v, c: int):
-        """Linear attention and `to_out`, q, k, v (B, N, heads, d) -> (B, N, c), without heads-major copies of q
-        or of the output: out = to_out(q context) = q_flat M + bias with M = blockdiag(context) W_out
-        (B, heads d, c), a product of small matrices, so the (B, heads, N, d) q context is never formed."""
+        """Linear attention and `to_out`, q, k, v (B, N, heads, d) -> (B, N, c), without heads-major copies of
+        q, k, v or of the output: out = to_out(q context) = q_flat M + bias with M = blockdiag(context) W_out
+        (B, heads d, c). The per-head contexts k_h^T v_h are the diagonal blocks of k_flat^T v_flat (B, heads d,
+        heads d), computed whole (heads times the multiply-adds of a small product) and masked, so neither the
+        (B, heads, N, d) copies of k and v nor the (B, heads, N, d) q context are formed."""
         b, n, heads, d = q.shape
         q, scale = with_scalar(q, d ** -0.5)
         q = (jax.nn.softmax(q, axis=-1) * scale).reshape(b, n, heads * d)
-        k, v = (a.swapaxes(1, 2) for a in (jax.nn.softmax(k, axis=1), v))  # (B, heads, N, d)
-        context = tn_matmul(k, v)  # (B, heads, d, e)
+        k = jax.nn.softmax(k, axis=1).reshape(b, n, heads * d)
+        block_diagonal = np.kron(np.eye(heads, dtype=np.float32), np.ones((d, d), np.float32))
+        context = tn_matmul(k, v.reshape(b, n, heads * d)) * block_diagonal.astype(k.dtype)  # (B, hd, hd)
         kernel, bias = DenseParams(c, name="to_out")(heads * d)
-        m = jnp.einsum("bhde,hec->bhdc", context, kernel.reshape(heads, d, c)).reshape(b, heads * d, c)
-        return matmul(q, m) + bias
+        return matmul(q, matmul(context, kernel)) + bias
 
 
 class FeedForward(nn.Module):

@@ -14,6 +14,8 @@ import flax.linen as nn
 import jax.numpy as jnp
 import numpy as np
 
+from jaxdiff.models.layers import LayerNorm
+
 MASK_VALUE = -100.0  # added to attention logits between tokens of different regions of a shifted window
 
 
@@ -109,7 +111,7 @@ class SwinBlock(nn.Module):
     def __call__(self, x):
         b, h, w, dim = x.shape
         window, shift = (self.window, self.shift) if min(h, w) > self.window else (min(h, w), 0)
-        y = nn.LayerNorm(epsilon=1e-5, name="norm_0")(x)
+        y = LayerNorm(epsilon=1e-5, name="norm_0")(x)
         if shift:
             y = jnp.roll(y, (-shift, -shift), axis=(1, 2))
         mask = shift_mask(h, w, window, shift) if shift else None
@@ -118,7 +120,7 @@ class SwinBlock(nn.Module):
         if shift:
             y = jnp.roll(y, (shift, shift), axis=(1, 2))
         x = x + y
-        y = nn.LayerNorm(epsilon=1e-5, name="norm_1")(x)
+        y = LayerNorm(epsilon=1e-5, name="norm_1")(x)
         y = nn.Dense(int(dim * self.mlp_ratio), name="mlp_0")(y)
         y = nn.Dense(dim, name="mlp_1")(nn.gelu(y, approximate=False))
         return x + y

@@ -19,7 +19,8 @@ import jax.numpy as jnp
 
 from jaxdiff.errors import InputError
 from jaxdiff.models import register
-from jaxdiff.models.layers import PatchConvTranspose, SEBlock, max_pool2, timestep_embedding, with_scalar
+from jaxdiff.models.layers import (LayerNorm, PatchConvTranspose, SEBlock, max_pool2, timestep_embedding,
+                                   with_scalar)
 
 _LEAK = 0.2
 
@@ -73,11 +74,11 @@ class TransformerEncoderLayer(nn.Module):
     def __call__(self, x, *, train: bool = False):
         d = x.shape[-1]
         drop = nn.Dropout(self.dropout, deterministic=not train, name="dropout")  # a fresh mask per call
-        h = nn.LayerNorm(epsilon=1e-5, name="norm1")(x)
+        h = LayerNorm(epsilon=1e-5, name="norm1")(x)
         h = nn.MultiHeadDotProductAttention(num_heads=self.num_heads, dropout_rate=self.dropout,
                                             deterministic=not train, name="self_attn")(h, h)
         x = x + drop(h)
-        h = nn.LayerNorm(epsilon=1e-5, name="norm2")(x)
+        h = LayerNorm(epsilon=1e-5, name="norm2")(x)
         h = nn.gelu(nn.Dense(self.ff_dim, name="linear1")(h), approximate=False)
         h = nn.Dense(d, name="linear2")(drop(h))
         return x + drop(h)
