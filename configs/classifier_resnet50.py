@@ -25,7 +25,7 @@ def get_config():
         steps=2000, batch_size=32, lr=1e-4, warmup_steps=0, lr_schedule="constant", optimizer="adam",
         weight_decay=0.0, grad_clip=0.0, ema=0.0, accum_steps=1, precision="fp32", log_every=20, ckpt_every=500,
         keep_checkpoints=2, max_bad_steps=20, label_smoothing=0.0, class_weights="", trainable=(),
-        init_from="", init_head=False))
+        freeze_batch_stats=True, init_from="", init_head=False))
     c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1))
     c.eval = ml_collections.ConfigDict(dict(num_examples=None, batch_size=32))
     return c

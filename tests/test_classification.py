@@ -128,6 +128,34 @@ def test_frozen_backbone_changes_only_the_head(frozen_run):
     assert sorted(x.shape for x in moments) == sorted([(8, 2), (2,)] * 2)
     with pytest.raises(InputError, match="train.trainable"):
         make_optimizer(tiny_config(trainable=("nothing",)).train).init(old.params)
+    # The frozen backbone's BatchNorm layers ran on their running statistics and kept them.
+    jax.tree.map(np.testing.assert_array_equal, old.model_state, new.model_state)
+
+
+def test_frozen_batch_norm_uses_running_statistics():
+    """Frozen BatchNorm layers normalise with running statistics in training (train mode's logits equal
+    inference's when only those are frozen and dropout is 0); a trainable one, or any with
+    train.freeze_batch_stats=False, uses the batch's statistics and updates its running ones."""
+    b = batch()
+
+    def run(**train):
+        task = ClassificationTask(tiny_config(**train))
+        variables = fake_variables(task, b)
+        params, state = variables["params"], {"batch_stats": variables["batch_stats"]}
+        images = task.model_images(b["image"])
+        logits, new_state = task.apply({"params": params, **state}, images, train=True, mutable=["batch_stats"])
+        changed = {k: not np.array_equal(v["mean"], new_state["batch_stats"][k]["mean"])
+                   for k, v in state["batch_stats"].items()}
+        return np.asarray(logits), np.asarray(task.apply(variables, images, train=False)), changed
+
+    train_logits, eval_logits, changed = run(trainable=("head",))
+    np.testing.assert_allclose(train_logits, eval_logits, rtol=1e-6)
+    assert changed == {"block0_bn": False, "block1_bn": False}
+    train_logits, eval_logits, changed = run(trainable=("block1", "head"))
+    assert changed == {"block0_bn": False, "block1_bn": True}
+    assert not np.allclose(train_logits, eval_logits)
+    _, _, changed = run(trainable=("head",), freeze_batch_stats=False)
+    assert changed == {"block0_bn": True, "block1_bn": True}
 
 
 def test_evaluate_writes_confusion_matrix_and_metrics(frozen_run, tmp_path):

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import abc
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -20,6 +21,31 @@ _DTYPES = {"fp32": jnp.float32, "bf16": jnp.bfloat16}
 def cast_floating(tree, dtype):
     """Cast the floating-point leaves of a pytree to `dtype` (integer leaves untouched)."""
     return jax.tree.map(lambda x: x.astype(dtype) if jnp.issubdtype(x.dtype, jnp.floating) else x, tree)
+
+
+def _frozen_batch_norm_interceptor(train_cfg):
+    """A `nn.intercept_methods` interceptor that runs each BatchNorm whose scale and bias `train.trainable` leaves
+    frozen in inference mode (a use_running_average=True clone applied to the layer's variables), or None when
+    nothing is frozen or `train.freeze_batch_stats` is False."""
+    from jaxdiff.training.state import trainable_predicate
+
+    trainable = trainable_predicate(train_cfg)
+    if trainable is None or not train_cfg.get("freeze_batch_stats", True):
+        return None
+
+    def interceptor(next_fun, args, kwargs, context):
+        module = context.module
+        if (isinstance(module, nn.BatchNorm) and context.method_name == "__call__"
+                and not module.use_running_average and not kwargs.get("use_running_average")):
+            name = "/".join(module.path)
+            if not any(trainable(f"{name}/{leaf}") for leaf in ("scale", "bias")):
+                # Flax's own inference-mode BatchNorm on this layer's variables (its statistics stay as they are).
+                frozen = module.clone(parent=None, use_running_average=True)
+                kwargs = {k: v for k, v in kwargs.items() if k != "use_running_average"}
+                return frozen.apply(dict(module.variables), args[0], **kwargs)
+        return next_fun(*args, **kwargs)
+
+    return interceptor
 
 
 class Task(abc.ABC):
@@ -36,6 +62,7 @@ class Task(abc.ABC):
         if precision not in _DTYPES:
             raise InputError(f"config key train.precision: {precision!r} is not fp32 or bf16")
         self.compute_dtype = _DTYPES[precision]
+        self._frozen_batch_norm = _frozen_batch_norm_interceptor(config.train)
 
     # --- model plumbing -------------------------------------------------------------------------------
     @abc.abstractmethod
@@ -53,11 +80,19 @@ class Task(abc.ABC):
 
         `rng` feeds the "dropout" and "sample" (e.g. VAE reparameterisation) collections.
         With `mutable` (e.g. ["batch_stats"]) returns (outputs, updated collections).
+        With `train.trainable` set, BatchNorm layers whose scale and bias are both frozen run on their running
+        statistics and leave them unchanged even when `train` (Keras's rule for a frozen backbone);
+        `train.freeze_batch_stats=False` lets them normalise with batch statistics and update them (PyTorch's
+        behaviour with `requires_grad=False` in train mode).
         """
         variables = cast_floating(variables, self.compute_dtype) if self.compute_dtype != jnp.float32 else variables
         args = cast_floating(args, self.compute_dtype) if self.compute_dtype != jnp.float32 else args
         rngs = {"dropout": rng, "sample": jax.random.fold_in(rng, 1)} if rng is not None else None
-        out = self.model.apply(variables, *args, train=train, rngs=rngs, mutable=mutable, **kwargs)
+        if train and self._frozen_batch_norm is not None:
+            with nn.intercept_methods(self._frozen_batch_norm):
+                out = self.model.apply(variables, *args, train=train, rngs=rngs, mutable=mutable, **kwargs)
+        else:
+            out = self.model.apply(variables, *args, train=train, rngs=rngs, mutable=mutable, **kwargs)
         if mutable:
             out, updates = out
             return cast_floating(out, jnp.float32), cast_floating(updates, jnp.float32)

@@ -68,6 +68,24 @@ def learning_rate_schedule(train_cfg) -> optax.Schedule:
                                               end_value=lr * float(train_cfg.get("final_lr_fraction", 0.0)))
 
 
+def path_name(path) -> str:
+    """"/"-joined parameter name of a pytree key path, e.g. "layer4_2/bn3/scale"."""
+    return "/".join(str(getattr(k, "key", k)) for k in path)
+
+
+def trainable_predicate(train_cfg):
+    """`train.trainable` as a predicate on "/"-joined parameter names (regexes matched from the start), or
+    None when every parameter trains (the key empty or absent)."""
+    trainable = train_cfg.get("trainable", None)
+    try:
+        patterns = [re.compile(str(p)) for p in ([trainable] if isinstance(trainable, str) else trainable or [])]
+    except re.error as e:
+        raise InputError(f"config key train.trainable: bad regex ({e})") from None
+    if not patterns:
+        return None
+    return lambda name: any(r.match(name) for r in patterns)
+
+
 def make_optimizer(train_cfg) -> optax.GradientTransformation:
     """Optimiser from `train.optimizer` (adamw | adam | sgd), with global-norm clipping `train.grad_clip` (0: off).
 
@@ -89,20 +107,15 @@ def make_optimizer(train_cfg) -> optax.GradientTransformation:
         raise InputError(f"config key train.optimizer: unknown {name!r} (adamw, adam or sgd)")
     clip = float(train_cfg.get("grad_clip", 0.0))
     opt = optax.chain(optax.clip_by_global_norm(clip), opt) if clip > 0 else opt
-    trainable = train_cfg.get("trainable", None)
-    try:
-        patterns = [re.compile(str(p)) for p in ([trainable] if isinstance(trainable, str) else trainable or [])]
-    except re.error as e:
-        raise InputError(f"config key train.trainable: bad regex ({e})") from None
-    if not patterns:
+    trainable = trainable_predicate(train_cfg)
+    if trainable is None:
         return opt
 
-    def labels(params):  # "/"-joined parameter names, e.g. "head/kernel", matched from their start
+    def labels(params):
         tree = jax.tree_util.tree_map_with_path(
-            lambda path, _: "train" if any(r.match("/".join(str(getattr(k, "key", k)) for k in path))
-                                           for r in patterns) else "freeze", params)
+            lambda path, _: "train" if trainable(path_name(path)) else "freeze", params)
         if "train" not in jax.tree.leaves(tree):
-            raise InputError(f"config key train.trainable: {trainable!r} matches no parameter")
+            raise InputError(f"config key train.trainable: {train_cfg.trainable!r} matches no parameter")
         return tree
 
     return optax.multi_transform({"train": opt, "freeze": optax.set_to_zero()}, labels)
