@@ -9,6 +9,7 @@ import flax.linen as nn
 
 from jaxdiff.models import register
 from jaxdiff.models.classifiers.common import conv, drop_path, global_avg_pool
+from jaxdiff.models.layers import LayerNorm
 
 LN_EPS = 1e-6
 
@@ -24,7 +25,7 @@ class ConvNeXtBlock(nn.Module):
     def __call__(self, x, *, train: bool = False):
         dim = x.shape[-1]
         y = conv(dim, 7, groups=dim, use_bias=True, name="dwconv")(x)
-        y = nn.LayerNorm(epsilon=LN_EPS, name="norm")(y)
+        y = LayerNorm(epsilon=LN_EPS, name="norm")(y)
         y = nn.gelu(nn.Dense(4 * dim, name="pwconv1")(y), approximate=False)
         y = nn.Dense(dim, name="pwconv2")(y)
         gamma = self.param("layer_scale", nn.initializers.constant(self.layer_scale_init), (dim,))
@@ -50,15 +51,15 @@ class ConvNeXt(nn.Module):
     @nn.compact
     def __call__(self, x, *, train: bool = False):
         x = nn.Conv(self.dims[0], (4, 4), (4, 4), padding="VALID", name="stem_conv")(x)
-        x = nn.LayerNorm(epsilon=LN_EPS, name="stem_norm")(x)
+        x = LayerNorm(epsilon=LN_EPS, name="stem_norm")(x)
         total, b = sum(self.depths), 0
         for i, (depth, dim) in enumerate(zip(self.depths, self.dims)):
             if i > 0:
-                x = nn.LayerNorm(epsilon=LN_EPS, name=f"downsample{i}_norm")(x)
+                x = LayerNorm(epsilon=LN_EPS, name=f"downsample{i}_norm")(x)
                 x = nn.Conv(dim, (2, 2), (2, 2), padding="VALID", name=f"downsample{i}_conv")(x)
             for j in range(depth):
                 rate = self.drop_path * b / max(total - 1, 1)
                 x = ConvNeXtBlock(rate, self.layer_scale_init, name=f"stage{i + 1}_{j}")(x, train=train)
                 b += 1
-        x = nn.LayerNorm(epsilon=LN_EPS, name="final_norm")(global_avg_pool(x))
+        x = LayerNorm(epsilon=LN_EPS, name="final_norm")(global_avg_pool(x))
         return nn.Dense(self.num_classes, name="head")(x)

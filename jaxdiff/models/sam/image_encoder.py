@@ -14,6 +14,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from jaxdiff.models.layers import LayerNorm
+
 LN_EPS = 1e-6
 
 
@@ -111,7 +113,7 @@ class Block(nn.Module):
 
     @nn.compact
     def __call__(self, x):
-        h = nn.LayerNorm(epsilon=LN_EPS, name="norm1")(x)
+        h = LayerNorm(epsilon=LN_EPS, name="norm1")(x)
         attn = WindowAttention(self.num_heads, self.window or self.grid, self.qkv_bias, self.use_rel_pos,
                                name="attn")
         if self.window > 0:
@@ -120,7 +122,7 @@ class Block(nn.Module):
         else:
             h = attn(h)
         x = x + h
-        return x + MLPBlock(self.mlp_dim, name="mlp")(nn.LayerNorm(epsilon=LN_EPS, name="norm2")(x))
+        return x + MLPBlock(self.mlp_dim, name="mlp")(LayerNorm(epsilon=LN_EPS, name="norm2")(x))
 
 
 class Neck(nn.Module):
@@ -131,9 +133,9 @@ class Neck(nn.Module):
     @nn.compact
     def __call__(self, x):
         x = nn.Conv(self.out_dim, (1, 1), use_bias=False, name="conv1")(x)
-        x = nn.LayerNorm(epsilon=LN_EPS, name="ln1")(x)
+        x = LayerNorm(epsilon=LN_EPS, name="ln1")(x)
         x = nn.Conv(self.out_dim, (3, 3), padding=((1, 1), (1, 1)), use_bias=False, name="conv2")(x)
-        return nn.LayerNorm(epsilon=LN_EPS, name="ln2")(x)
+        return LayerNorm(epsilon=LN_EPS, name="ln2")(x)
 
 
 class ImageEncoderViT(nn.Module):

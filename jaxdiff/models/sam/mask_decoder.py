@@ -13,7 +13,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from jaxdiff.models.layers import PatchConvTranspose
+from jaxdiff.models.layers import LayerNorm, PatchConvTranspose
 from jaxdiff.models.sam.image_encoder import LN_EPS, MLPBlock, gelu
 
 
@@ -58,7 +58,7 @@ class TwoWayAttentionBlock(nn.Module):
     @nn.compact
     def __call__(self, queries, keys, query_pe, key_pe):
         def norm(name):
-            return nn.LayerNorm(epsilon=self.ln_eps, name=name)
+            return LayerNorm(epsilon=self.ln_eps, name=name)
 
         if self.skip_first_layer_pe:
             queries = Attention(self.num_heads, name="self_attn")(queries, queries, queries)
@@ -98,7 +98,7 @@ class TwoWayTransformer(nn.Module):
                                                  self.ln_eps, name=f"layers_{i}")(queries, keys, tokens, key_pe)
         attn = Attention(self.num_heads, self.downsample_rate, name="final_attn_token_to_image")
         queries = queries + attn(queries + tokens, keys + key_pe, keys)
-        return nn.LayerNorm(epsilon=1e-5, name="norm_final_attn")(queries), keys
+        return LayerNorm(epsilon=1e-5, name="norm_final_attn")(queries), keys
 
 
 class MLP(nn.Module):
@@ -151,7 +151,7 @@ class MaskDecoder(nn.Module):
                                          name="transformer")(tokens, image_embeddings + dense, image_pe)
         up = PatchConvTranspose(self.dim // 4, name="upscale_conv1")(
             keys.reshape(b, g, g, self.dim))
-        up = gelu(nn.LayerNorm(epsilon=LN_EPS, name="upscale_ln")(up))
+        up = gelu(LayerNorm(epsilon=LN_EPS, name="upscale_ln")(up))
         up = gelu(PatchConvTranspose(self.dim // 8, name="upscale_conv2")(up))
         hyper = jnp.stack([MLP(self.dim, self.dim // 8, 3, name=f"output_hypernetworks_mlps_{i}")(tokens[:, 1 + i])
                            for i in range(n_masks)], axis=-1)                          # (B, C/8, n_masks)

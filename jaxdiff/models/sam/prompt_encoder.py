@@ -10,6 +10,7 @@ from __future__ import annotations
 import flax.linen as nn
 import jax.numpy as jnp
 
+from jaxdiff.models.layers import LayerNorm
 from jaxdiff.models.sam.image_encoder import LN_EPS, gelu
 
 
@@ -42,9 +43,9 @@ class MaskDownscaling(nn.Module):
     @nn.compact
     def __call__(self, m):
         m = nn.Conv(self.mask_in_chans // 4, (2, 2), strides=(2, 2), padding="VALID", name="conv1")(m)
-        m = gelu(nn.LayerNorm(epsilon=LN_EPS, name="ln1")(m))
+        m = gelu(LayerNorm(epsilon=LN_EPS, name="ln1")(m))
         m = nn.Conv(self.mask_in_chans, (2, 2), strides=(2, 2), padding="VALID", name="conv2")(m)
-        m = gelu(nn.LayerNorm(epsilon=LN_EPS, name="ln2")(m))
+        m = gelu(LayerNorm(epsilon=LN_EPS, name="ln2")(m))
         return nn.Conv(self.dim, (1, 1), name="conv3")(m)
 
 
