@@ -14,6 +14,17 @@ os.environ.setdefault("JAXDIFF_XLA_CPU_DEFAULTS", "0")
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
+# The longest modules (minutes each on a 2-core machine, from `pytest --durations`) are collected first, so that
+# `-n 2 --dist loadscope` starts them at once and the short modules fill the other worker, instead of one worker
+# running the last long module alone at the end.
+LONG_MODULES = ("test_multihost.py", "test_cascade.py", "test_benchmark_smoke.py", "test_resilience.py",
+                "test_tasks.py", "test_brain3d.py", "test_xla_cpu_defaults.py", "test_loop.py", "test_parity.py")
+
+
+def pytest_collection_modifyitems(config, items):
+    rank = {name: i for i, name in enumerate(LONG_MODULES)}
+    items.sort(key=lambda item: rank.get(os.path.basename(str(item.fspath)), len(rank)))  # stable within a module
+
 
 def run_python(args, devices: int | None = None, timeout: int = 600, cwd: str | None = None,
                env_extra: dict | None = None) -> subprocess.CompletedProcess:

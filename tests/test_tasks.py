@@ -84,11 +84,16 @@ def test_s0_loss_is_bce_plus_half_error_mse():
     rng = np.random.default_rng(0)
     batch = {"image": rng.uniform(-1, 1, (2, 32, 32, 1)).astype(np.float32),
              "mask": (rng.uniform(size=(2, 32, 32, 1)) > 0.5).astype(np.float32)}
-    variables = task.init(jax.random.PRNGKey(0), batch)
+    variables = jax.jit(task.init)(jax.random.PRNGKey(0), batch)
     assert set(variables["params"]) == {"segmenter", "error_head"}
-    loss, (m, _) = task.loss(variables["params"], {"batch_stats": variables["batch_stats"]}, batch,
-                             jax.random.PRNGKey(0), train=False)
-    logits, (err, recon, _, _) = task.apply(variables, batch["image"], batch["mask"])
+
+    @jax.jit  # one compilation instead of op-by-op dispatch
+    def loss_and_outputs(variables, batch):
+        loss, _ = task.loss(variables["params"], {"batch_stats": variables["batch_stats"]}, batch,
+                            jax.random.PRNGKey(0), train=False)
+        return loss, task.apply(variables, batch["image"], batch["mask"])
+
+    loss, (logits, (err, recon, _, _)) = loss_and_outputs(variables, batch)
     bce = optax.sigmoid_binary_cross_entropy(logits, batch["mask"]).mean()
     np.testing.assert_allclose(float(loss), float(bce + 0.5 * jnp.mean((recon - err) ** 2)), rtol=1e-5)
     np.testing.assert_allclose(err, jnp.abs(logits - batch["mask"]), rtol=1e-6)
