@@ -61,6 +61,8 @@ def _train_2_processes(workdir, steps: int, env: dict, sigterm_after: int | None
     return [out for out, _ in outs]
 
 
+@pytest.mark.slow
+@pytest.mark.long
 def test_multihost_2_processes_match_1_process_with_8_devices(tmp_path, jax_env):
     single, multi, steps = tmp_path / "single", tmp_path / "multi", 40
     train(single, GLOBAL_BATCH, f"--config.train.steps={steps}", devices=8, env=jax_env)
