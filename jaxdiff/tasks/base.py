@@ -6,6 +6,7 @@ how to predict and evaluate. It knows nothing of sharding or checkpoints; the sh
 from __future__ import annotations
 
 import abc
+import contextlib
 
 import flax.linen as nn
 import jax
@@ -14,6 +15,7 @@ import numpy as np
 
 from jaxdiff import models
 from jaxdiff.errors import InputError
+from jaxdiff.training.state import trainable_predicate
 
 _DTYPES = {"fp32": jnp.float32, "bf16": jnp.bfloat16}
 
@@ -27,8 +29,6 @@ def _frozen_batch_norm_interceptor(train_cfg):
     """A `nn.intercept_methods` interceptor that runs each BatchNorm whose scale and bias `train.trainable` leaves
     frozen in inference mode (a use_running_average=True clone applied to the layer's variables), or None when
     nothing is frozen or `train.freeze_batch_stats` is False."""
-    from jaxdiff.training.state import trainable_predicate
-
     trainable = trainable_predicate(train_cfg)
     if trainable is None or not train_cfg.get("freeze_batch_stats", True):
         return None
@@ -88,10 +88,8 @@ class Task(abc.ABC):
         variables = cast_floating(variables, self.compute_dtype) if self.compute_dtype != jnp.float32 else variables
         args = cast_floating(args, self.compute_dtype) if self.compute_dtype != jnp.float32 else args
         rngs = {"dropout": rng, "sample": jax.random.fold_in(rng, 1)} if rng is not None else None
-        if train and self._frozen_batch_norm is not None:
-            with nn.intercept_methods(self._frozen_batch_norm):
-                out = self.model.apply(variables, *args, train=train, rngs=rngs, mutable=mutable, **kwargs)
-        else:
+        frozen = train and self._frozen_batch_norm is not None
+        with nn.intercept_methods(self._frozen_batch_norm) if frozen else contextlib.nullcontext():
             out = self.model.apply(variables, *args, train=train, rngs=rngs, mutable=mutable, **kwargs)
         if mutable:
             out, updates = out
