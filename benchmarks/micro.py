@@ -2,6 +2,7 @@
 replaces, same inputs, same outputs (checked), median wall time of jitted calls on this machine.
 
     python -m benchmarks.micro            # prints a markdown table
+    python -m benchmarks.micro --limits   # what bounds jaxdiff on this machine (throughput, compile time)
 
 Rows: `tn_matmul` (a^T b) vs `einsum("...km,...kn->...mn")` at the shapes of attention's dV / dK and of Dense kernel
 gradients in the benchmark models; `max_pool2` vs `nn.max_pool`, forward + backward; `PatchConvTranspose` vs
@@ -12,6 +13,7 @@ backward (probabilities recomputed from the log-sum-exp) against `dot_product_at
 from __future__ import annotations
 
 import itertools
+import os
 import time
 
 import jaxdiff  # (XLA:CPU defaults before JAX starts)
@@ -128,8 +130,79 @@ def alternatives():
            median_ms(fb(saved), q, k_, v), median_ms(fb(flash_attention), q, k_, v))
 
 
+def _torch():
+    try:
+        import torch
+    except ImportError:
+        return None
+    torch.set_num_threads(len(os.sched_getaffinity(0)))  # the cores JAX's CPU client uses
+    return torch
+
+
+def _torch_ms(fn, repeats: int = 20) -> float:
+    fn()
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return float(np.median(times) * 1e3)
+
+
+def limits():
+    """(what, value, unit) rows on what bounds jaxdiff here: product throughput per dtype, a 3x3 convolution's
+    forward / input gradient / weight gradient at unet2d's training shapes (JAX and, when installed, PyTorch eager,
+    NCHW as in the benchmark's twins), and the compile time of the quickstart UNet's init at XLA's default
+    options and at `jaxdiff.ONE_SHOT_CPU_COMPILER_OPTIONS`."""
+    torch, n = _torch(), 2048
+    for dtype in ("float32", "bfloat16"):
+        a = jnp.ones((n, n), dtype)
+        yield f"JAX {n}^3 matmul, {dtype}", 2 * n ** 3 / median_ms(jnp.matmul, a, a, repeats=10) / 1e6, "GFLOP/s"
+        if torch is not None:
+            t = torch.ones(n, n, dtype=getattr(torch, dtype))
+            yield f"PyTorch {n}^3 matmul, {dtype}", 2 * n ** 3 / _torch_ms(lambda: t @ t, 10) / 1e6, "GFLOP/s"
+    key = iter(jax.random.split(jax.random.key(2), 9))
+    conv = lambda x, w: jax.lax.conv_general_dilated(x, w, (1, 1), "SAME",  # noqa: E731
+                                                     dimension_numbers=("NHWC", "HWIO", "NHWC")) + 1.0
+    for shape, k in (((8, 64, 64, 96), 32), ((8, 64, 64, 64), 32), ((8, 32, 32, 128), 64)):
+        x, w = jax.random.normal(next(key), shape), jax.random.normal(next(key), (3, 3, shape[-1], k)) * 0.05
+        g = jax.random.normal(next(key), (*shape[:-1], k))
+        vjp = lambda x, w, g: jax.vjp(conv, x, w)[1](g)  # noqa: E731
+        what = f"3x3 conv x {shape} -> {k}"
+        yield f"JAX {what}: forward", median_ms(conv, x, w), "ms"
+        yield f"JAX {what}: input gradient", median_ms(lambda x, w, g: vjp(x, w, g)[0], x, w, g), "ms"
+        yield f"JAX {what}: weight gradient", median_ms(lambda x, w, g: vjp(x, w, g)[1], x, w, g), "ms"
+        if torch is not None:
+            tx, tg = (torch.from_numpy(np.asarray(a).transpose(0, 3, 1, 2).copy()) for a in (x, g))
+            tw = torch.from_numpy(np.asarray(w).transpose(3, 2, 0, 1).copy())
+            backward = lambda mask: torch.ops.aten.convolution_backward(  # noqa: E731
+                tg, tx, tw, None, [1, 1], [1, 1], [1, 1], False, [0, 0], 1, mask)
+            yield f"PyTorch {what}: forward", _torch_ms(lambda: torch.nn.functional.conv2d(tx, tw, padding=1)), "ms"
+            yield f"PyTorch {what}: input gradient", _torch_ms(lambda: backward([True, False, False])), "ms"
+            yield f"PyTorch {what}: weight gradient", _torch_ms(lambda: backward([False, True, False])), "ms"
+    from configs import quickstart
+    from jaxdiff import tasks
+    task = tasks.build(quickstart.get_config())
+    batch = {"image": np.zeros((8, 64, 64, 1), np.float32)}
+    init = jax.jit(lambda r, b: jax.tree.map(jnp.sum, task.init(r, b)))
+    for name, options in (("XLA default", None), ("one-shot options", jaxdiff.ONE_SHOT_CPU_COMPILER_OPTIONS)):
+        lowered = init.lower(jax.random.key(len(name)), batch)
+        t0 = time.perf_counter()
+        lowered.compile(compiler_options=options)
+        yield f"quickstart UNet init, compile ({name})", time.perf_counter() - t0, "s"
+
+
 def main() -> None:
+    import argparse
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--limits", action="store_true", help="throughput and compile-time facts (`limits()`)")
+    args = parser.parse_args()
     jaxdiff.reexec_with_malloc_defaults()  # as the CLIs run: fresh buffers would page-fault in 4 KiB pages
+    if args.limits:
+        print("| measurement | value | unit |\n|---|---:|---|")
+        for name, value, unit in limits():
+            print(f"| {name} | {value:.3g} | {unit} |", flush=True)
+        return
     print("| operation | plain ms | jaxdiff ms | speedup |\n|---|---:|---:|---:|")
     for name, plain, ours in itertools.chain(rows(), alternatives()):
         print(f"| {name} | {plain:.2f} | {ours:.2f} | {plain / ours:.2f}x |", flush=True)

@@ -152,7 +152,6 @@ def test_get_source_serves_phantom3d_patches():
 
 
 @pytest.mark.slow
-@pytest.mark.long
 def test_tiny_config_trains_and_samples_nifti_with_data_affine(tmp_path):
     from tests.conftest import run_python
     work = str(tmp_path / "w")

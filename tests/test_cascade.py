@@ -183,7 +183,6 @@ def test_torch_twin_parity(faithful):
 
 
 @pytest.mark.slow
-@pytest.mark.long
 def test_tiny_cascade_trains_and_samples(tmp_path):
     from tests.conftest import run_python
     workdirs = []

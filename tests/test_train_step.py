@@ -19,6 +19,20 @@ def test_loss_falls_and_compiles_once():
     assert int(state.step) == 60 and int(state.skipped) == 0
 
 
+def test_init_on_concrete_arrays_equals_the_traced_init_and_ignores_non_array_entries():
+    from tiny_task import RegressionTask
+    task = RegressionTask(tiny_config())
+    task.config.model.batchnorm = True
+    task = RegressionTask(task.config)
+    batch = dict(make_batches(1)[0], case_id=np.array(["a"] * 16), note="not an array")
+    rng = jax.random.key(3)
+    compiled = task.init(rng, batch)  # concrete arrays: one compiled call (jaxdiff.run_once_compiled)
+    traced = jax.jit(lambda r, x: task.init(r, {"x": x}))(rng, batch["x"])
+    assert set(compiled) == {"params", "batch_stats"}
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7), compiled, traced)
+    assert np.abs(compiled["params"]["Dense_0"]["kernel"]).min() > 0  # drawn, not zeros
+
+
 def test_non_finite_update_is_skipped_and_counted():
     batches = make_batches(3)
     batches[1]["x"][0, 0] = np.nan

@@ -36,7 +36,6 @@ def _run(defaults: str) -> dict:
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
-@pytest.mark.long
 def test_cpu_defaults_change_flags_not_results():
     import jaxdiff
     on, off = _run("1"), _run("0")

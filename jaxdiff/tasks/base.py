@@ -13,6 +13,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+import jaxdiff
 from jaxdiff import models
 from jaxdiff.errors import InputError
 from jaxdiff.training.state import trainable_predicate
@@ -70,10 +71,21 @@ class Task(abc.ABC):
         """Positional and keyword model inputs for `batch` (used by `init` and `summary`)."""
 
     def init(self, rng, batch) -> dict:
-        """Model variables ({"params", maybe "batch_stats"}) for an example batch."""
-        args, kwargs = self.model_inputs(batch)
-        p_rng, d_rng = jax.random.split(rng)
-        return self.model.init({"params": p_rng, "dropout": d_rng}, *args, train=False, **kwargs)
+        """Model variables ({"params", maybe "batch_stats"}) for an example batch.
+
+        Called on concrete arrays (a test, a notebook), the initialisation runs as one compiled function
+        (`jaxdiff.run_once_compiled`) instead of op by op (the tiny test UNet: ~19 s eagerly, ~3 s compiled);
+        inside a trace (`init_state`'s jit, `eval_shape`) it is traced as is."""
+        def init_fn(rng, arrays):
+            args, kwargs = self.model_inputs({**batch, **arrays})
+            p_rng, d_rng = jax.random.split(rng)
+            return self.model.init({"params": p_rng, "dropout": d_rng}, *args, train=False, **kwargs)
+
+        arrays = {k: v for k, v in batch.items()  # numeric arrays are arguments; names, strings, ... stay constants
+                  if isinstance(v, jax.Array) or (isinstance(v, np.ndarray) and v.dtype.kind in "biufc")}
+        if any(isinstance(leaf, jax.core.Tracer) for leaf in jax.tree.leaves((rng, batch))):
+            return init_fn(rng, arrays)
+        return jaxdiff.run_once_compiled(init_fn, rng, arrays)
 
     def apply(self, variables, *args, rng=None, train=False, mutable=False, **kwargs):
         """`model.apply` in the compute dtype; outputs cast back to float32.
