@@ -149,12 +149,16 @@ def _torch_ms(fn, repeats: int = 20) -> float:
     return float(np.median(times) * 1e3)
 
 
-def limits():
-    """(what, value, unit) rows on what bounds jaxdiff here: product throughput per dtype, a 3x3 convolution's
-    forward / input gradient / weight gradient at unet2d's training shapes (JAX and, when installed, PyTorch eager,
-    NCHW as in the benchmark's twins), and the compile time of the quickstart UNet's init at XLA's default
-    options and at `jaxdiff.ONE_SHOT_CPU_COMPILER_OPTIONS`."""
-    torch, n = _torch(), 2048
+CONV_SHAPES = (((8, 64, 64, 96), 32), ((8, 64, 64, 64), 32), ((8, 32, 32, 128), 64))  # unet2d's training step
+
+
+def limits(n: int = 2048, conv_shapes=CONV_SHAPES, init_config=None):
+    """(what, value, unit) rows on what bounds jaxdiff here: n^3 matmul throughput per dtype, a 3x3 convolution's
+    forward / input gradient / weight gradient at `conv_shapes` ((x shape, output channels); JAX and, when
+    installed, PyTorch eager, NCHW as in the benchmark's twins, whose gradients are checked against JAX's), and the
+    compile time of a UNet's init (default: configs/quickstart.py at batch 8) at XLA's default options and at
+    `jaxdiff.ONE_SHOT_CPU_COMPILER_OPTIONS`."""
+    torch = _torch()
     for dtype in ("float32", "bfloat16"):
         a = jnp.ones((n, n), dtype)
         yield f"JAX {n}^3 matmul, {dtype}", 2 * n ** 3 / median_ms(jnp.matmul, a, a, repeats=10) / 1e6, "GFLOP/s"
@@ -164,7 +168,7 @@ def limits():
     key = iter(jax.random.split(jax.random.key(2), 9))
     conv = lambda x, w: jax.lax.conv_general_dilated(x, w, (1, 1), "SAME",  # noqa: E731
                                                      dimension_numbers=("NHWC", "HWIO", "NHWC")) + 1.0
-    for shape, k in (((8, 64, 64, 96), 32), ((8, 64, 64, 64), 32), ((8, 32, 32, 128), 64)):
+    for shape, k in conv_shapes:
         x, w = jax.random.normal(next(key), shape), jax.random.normal(next(key), (3, 3, shape[-1], k)) * 0.05
         g = jax.random.normal(next(key), (*shape[:-1], k))
         vjp = lambda x, w, g: jax.vjp(conv, x, w)[1](g)  # noqa: E731
@@ -177,19 +181,24 @@ def limits():
             tw = torch.from_numpy(np.asarray(w).transpose(3, 2, 0, 1).copy())
             backward = lambda mask: torch.ops.aten.convolution_backward(  # noqa: E731
                 tg, tx, tw, None, [1, 1], [1, 1], [1, 1], False, [0, 0], 1, mask)
+            dx, dw = (backward([True, True, False])[i].numpy() for i in (0, 1))
+            for ours, theirs in zip(vjp(x, w, g), (dx.transpose(0, 2, 3, 1), dw.transpose(2, 3, 1, 0))):
+                ours = np.asarray(ours)  # sums of up to B H W terms: compared relative to the largest entry
+                assert np.abs(ours - theirs).max() <= 1e-5 * np.abs(ours).max(), what
             yield f"PyTorch {what}: forward", _torch_ms(lambda: torch.nn.functional.conv2d(tx, tw, padding=1)), "ms"
             yield f"PyTorch {what}: input gradient", _torch_ms(lambda: backward([True, False, False])), "ms"
             yield f"PyTorch {what}: weight gradient", _torch_ms(lambda: backward([False, True, False])), "ms"
     from configs import quickstart
     from jaxdiff import tasks
-    task = tasks.build(quickstart.get_config())
-    batch = {"image": np.zeros((8, 64, 64, 1), np.float32)}
+    config = init_config or quickstart.get_config()
+    task = tasks.build(config)
+    batch = {"image": np.zeros((8, config.data.image_size, config.data.image_size, config.data.channels), np.float32)}
     init = jax.jit(lambda r, b: jax.tree.map(jnp.sum, task.init(r, b)))
     for name, options in (("XLA default", None), ("one-shot options", jaxdiff.ONE_SHOT_CPU_COMPILER_OPTIONS)):
         lowered = init.lower(jax.random.key(len(name)), batch)
         t0 = time.perf_counter()
         lowered.compile(compiler_options=options)
-        yield f"quickstart UNet init, compile ({name})", time.perf_counter() - t0, "s"
+        yield f"{config.model.name} init ({config.data.image_size}^2), compile ({name})", time.perf_counter() - t0, "s"
 
 
 def main() -> None:

@@ -96,10 +96,10 @@ def run_once_compiled(fn, *args, **jit_kwargs):
     """`jax.jit(fn, **jit_kwargs)(*args)` for a function that runs once per process (parameter init).
 
     On the CPU backend it is compiled with `ONE_SHOT_CPU_COMPILER_OPTIONS` (XLA backend optimisation level 0: LLVM
-    barely optimises, which matters little for code that runs once): the quickstart UNet's init compiles in ~5 s
-    instead of ~10 s on the 2-core CPU (threefry random bits dominate it), with the same values up to the last bit
-    of a few normal draws (LLVM's -O3 contracts erf_inv's polynomial differently). GPU and TPU use the default
-    options."""
+    barely optimises, which matters little for code that runs once): the quickstart UNet's init compiles in ~4 s
+    instead of ~8 s on the 2-core CPU (`python -m benchmarks.micro --limits`; threefry random bits dominate it),
+    with the same values up to the last bit of a few normal draws (LLVM's -O3 contracts erf_inv's polynomial
+    differently). GPU and TPU use the default options."""
     import jax
     jitted = jax.jit(fn, **jit_kwargs)
     if jax.default_backend() != "cpu":
