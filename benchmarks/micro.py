@@ -32,15 +32,20 @@ TN_SHAPES = [  # (a, b, where it occurs)
 ]
 
 
-def median_ms(fn, *args, repeats: int = 40) -> float:
-    jitted = jax.jit(fn)
-    jax.block_until_ready(jitted(*args))
+def _median_call_ms(call, repeats: int) -> float:
+    """Median wall time of `call()` in ms over `repeats` calls after one warm-up call."""
+    call()
     times = []
     for _ in range(repeats):
         t0 = time.perf_counter()
-        jax.block_until_ready(jitted(*args))
+        call()
         times.append(time.perf_counter() - t0)
     return float(np.median(times) * 1e3)
+
+
+def median_ms(fn, *args, repeats: int = 40) -> float:
+    jitted = jax.jit(fn)
+    return _median_call_ms(lambda: jax.block_until_ready(jitted(*args)), repeats)
 
 
 def rows():
@@ -139,16 +144,6 @@ def _torch():
     return torch
 
 
-def _torch_ms(fn, repeats: int = 20) -> float:
-    fn()
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return float(np.median(times) * 1e3)
-
-
 CONV_SHAPES = (((8, 64, 64, 96), 32), ((8, 64, 64, 64), 32), ((8, 32, 32, 128), 64))  # unet2d's training step
 
 
@@ -164,7 +159,7 @@ def limits(n: int = 2048, conv_shapes=CONV_SHAPES, init_config=None):
         yield f"JAX {n}^3 matmul, {dtype}", 2 * n ** 3 / median_ms(jnp.matmul, a, a, repeats=10) / 1e6, "GFLOP/s"
         if torch is not None:
             t = torch.ones(n, n, dtype=getattr(torch, dtype))
-            yield f"PyTorch {n}^3 matmul, {dtype}", 2 * n ** 3 / _torch_ms(lambda: t @ t, 10) / 1e6, "GFLOP/s"
+            yield f"PyTorch {n}^3 matmul, {dtype}", 2 * n ** 3 / _median_call_ms(lambda: t @ t, 10) / 1e6, "GFLOP/s"
     key = iter(jax.random.split(jax.random.key(2), 9))
     conv = lambda x, w: jax.lax.conv_general_dilated(x, w, (1, 1), "SAME",  # noqa: E731
                                                      dimension_numbers=("NHWC", "HWIO", "NHWC")) + 1.0
@@ -185,15 +180,16 @@ def limits(n: int = 2048, conv_shapes=CONV_SHAPES, init_config=None):
             for ours, theirs in zip(vjp(x, w, g), (dx.transpose(0, 2, 3, 1), dw.transpose(2, 3, 1, 0))):
                 ours = np.asarray(ours)  # sums of up to B H W terms: compared relative to the largest entry
                 assert np.abs(ours - theirs).max() <= 1e-5 * np.abs(ours).max(), what
-            yield f"PyTorch {what}: forward", _torch_ms(lambda: torch.nn.functional.conv2d(tx, tw, padding=1)), "ms"
-            yield f"PyTorch {what}: input gradient", _torch_ms(lambda: backward([True, False, False])), "ms"
-            yield f"PyTorch {what}: weight gradient", _torch_ms(lambda: backward([False, True, False])), "ms"
+            for part, call in (("forward", lambda: torch.nn.functional.conv2d(tx, tw, padding=1)),
+                               ("input gradient", lambda: backward([True, False, False])),
+                               ("weight gradient", lambda: backward([False, True, False]))):
+                yield f"PyTorch {what}: {part}", _median_call_ms(call, 20), "ms"
     from configs import quickstart
     from jaxdiff import tasks
     config = init_config or quickstart.get_config()
     task = tasks.build(config)
     batch = {"image": np.zeros((8, config.data.image_size, config.data.image_size, config.data.channels), np.float32)}
-    init = jax.jit(lambda r, b: jax.tree.map(jnp.sum, task.init(r, b)))
+    init = jax.jit(task.init)
     for name, options in (("XLA default", None), ("one-shot options", jaxdiff.ONE_SHOT_CPU_COMPILER_OPTIONS)):
         lowered = init.lower(jax.random.key(len(name)), batch)
         t0 = time.perf_counter()

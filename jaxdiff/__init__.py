@@ -97,9 +97,9 @@ def run_once_compiled(fn, *args, **jit_kwargs):
 
     On the CPU backend it is compiled with `ONE_SHOT_CPU_COMPILER_OPTIONS` (XLA backend optimisation level 0: LLVM
     barely optimises, which matters little for code that runs once): the quickstart UNet's init compiles in ~4 s
-    instead of ~8 s on the 2-core CPU (`python -m benchmarks.micro --limits`; threefry random bits dominate it),
-    with the same values up to the last bit of a few normal draws (LLVM's -O3 contracts erf_inv's polynomial
-    differently). GPU and TPU use the default options."""
+    instead of ~8 s on the 2-core CPU (`python -m benchmarks.micro --limits`), with the same values up to rounding
+    in the last bit of a few entries (tests/test_train_step.py compares it with the default compile). GPU and TPU
+    use the default options."""
     import jax
     jitted = jax.jit(fn, **jit_kwargs)
     if jax.default_backend() != "cpu":

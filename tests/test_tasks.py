@@ -84,7 +84,7 @@ def test_s0_loss_is_bce_plus_half_error_mse():
     rng = np.random.default_rng(0)
     batch = {"image": rng.uniform(-1, 1, (2, 32, 32, 1)).astype(np.float32),
              "mask": (rng.uniform(size=(2, 32, 32, 1)) > 0.5).astype(np.float32)}
-    variables = jax.jit(task.init)(jax.random.PRNGKey(0), batch)
+    variables = task.init(jax.random.PRNGKey(0), batch)
     assert set(variables["params"]) == {"segmenter", "error_head"}
 
     @jax.jit  # one compilation instead of op-by-op dispatch

@@ -21,9 +21,9 @@ def test_loss_falls_and_compiles_once():
 
 def test_init_on_concrete_arrays_equals_the_traced_init_and_ignores_non_array_entries():
     from tiny_task import RegressionTask
-    task = RegressionTask(tiny_config())
-    task.config.model.batchnorm = True
-    task = RegressionTask(task.config)
+    config = tiny_config()
+    config.model.batchnorm = True
+    task = RegressionTask(config)
     batch = dict(make_batches(1)[0], case_id=np.array(["a"] * 16), note="not an array")
     rng = jax.random.key(3)
     compiled = task.init(rng, batch)  # concrete arrays: one compiled call (jaxdiff.run_once_compiled)

@@ -74,8 +74,8 @@ class Task(abc.ABC):
         """Model variables ({"params", maybe "batch_stats"}) for an example batch.
 
         Called on concrete arrays (a test, a notebook), the initialisation runs as one compiled function
-        (`jaxdiff.run_once_compiled`) instead of op by op (the tiny test UNet: ~19 s eagerly, ~4.5 s compiled);
-        inside a trace (`init_state`'s jit, `eval_shape`) it is traced as is."""
+        (`jaxdiff.run_once_compiled`) instead of Flax's op-by-op dispatch; inside a trace (`init_state`'s jit,
+        `eval_shape`) it is traced as is."""
         def init_fn(rng, arrays):
             args, kwargs = self.model_inputs({**batch, **arrays})
             p_rng, d_rng = jax.random.split(rng)
