@@ -851,17 +851,51 @@ def _row(case: Case, fw: str, res: dict, eager: dict, info: dict, sizes: Sizes) 
                page_faults_per_step=res.get("page_faults_per_step", ""))
     if "train_step_s" in eager:
         row["train_speedup_vs_eager"] = statistics.median(eager["train_step_s"]) / step
+        row.update(_round_range("train", res, eager))
     if "ddim_s" in res:
         row.update(ddim_latency_s=statistics.median(res["ddim_s"]), ddim_first_s=res["ddim_first_s"])
         if "ddim_s" in eager:
             row["ddim_speedup_vs_eager"] = statistics.median(eager["ddim_s"]) / row["ddim_latency_s"]
+            row.update(_round_range("ddim", res, eager))
     return row
+
+
+TIMINGS = {"train": "train_step_s", "ddim": "ddim_s"}
+
+
+def merge_rounds(results: list[dict]) -> dict:
+    """One framework's worker results over `--rounds`: the first round's result (first-step time, memory) with the
+    timings of every round pooled, and each round's median kept under "rounds_<timing>" for per-round ratios;
+    the first error if any round failed."""
+    failed = [r for r in results if "error" in r]
+    if failed:
+        return failed[0]
+    out = dict(results[0])
+    for key in TIMINGS.values():
+        if key in out:
+            out[key] = [t for r in results for t in r[key]]
+            out[f"rounds_{key}"] = [statistics.median(r[key]) for r in results]
+    return out
+
+
+def _round_range(what: str, res: dict, eager: dict) -> dict:
+    """With several rounds, the speedup over torch eager as the median of the per-round ratios (each round's worker
+    against the eager worker that ran next to it) and their range: {what_speedup_vs_eager, what_speedup_min,
+    what_speedup_max}; {} for a single round and for eager itself."""
+    key = f"rounds_{TIMINGS[what]}"
+    ours, theirs = res.get(key, []), eager.get(key, [])
+    if len(ours) < 2 or len(ours) != len(theirs) or res is eager:
+        return {}
+    ratios = [e / o for e, o in zip(theirs, ours)]
+    return {f"{what}_speedup_vs_eager": statistics.median(ratios), f"{what}_speedup_min": min(ratios),
+            f"{what}_speedup_max": max(ratios)}
 
 
 CSV_FIELDS = ("model", "framework", "status", "train_steps_per_s", "train_step_ms", "first_step_s",
               "ddim_latency_s", "ddim_first_s", "ddim_steps", "sample_batch", "peak_memory_mb", "memory_method",
               "sampled_peak_mb", "rss_delta_mb", "train_speedup_vs_eager", "ddim_speedup_vs_eager", "train_batch",
-              "image_size", "params", "threads", "page_faults_per_step")
+              "image_size", "params", "threads", "page_faults_per_step", "train_speedup_min", "train_speedup_max",
+              "ddim_speedup_min", "ddim_speedup_max")
 
 
 def _fmt(x, digits: int = 3) -> str:
@@ -880,7 +914,9 @@ def markdown_table(rows: list[dict], sizes: Sizes) -> str:
         if r["status"] != "ok":
             lines.append(f"| {r['model']} | {r['framework']} | n/a ({r['status']}) |  |  |  |  |  |")
             continue
-        speed = " / ".join(f"{_fmt(r[k])}x" for k in ("train_speedup_vs_eager", "ddim_speedup_vs_eager") if k in r)
+        speed = " / ".join(f"{_fmt(r[f'{k}_speedup_vs_eager'])}x" + (
+            f" ({_fmt(r[f'{k}_speedup_min'])}-{_fmt(r[f'{k}_speedup_max'])})" if f"{k}_speedup_min" in r else "")
+            for k in ("train", "ddim") if f"{k}_speedup_vs_eager" in r)
         cells = [r["model"], r["framework"], _fmt(r["train_steps_per_s"]), _fmt(r["train_step_ms"]),
                  _fmt(r["first_step_s"]), _fmt(r.get("ddim_latency_s")), _fmt(r["peak_memory_mb"]), speed]
         lines.append("| " + " | ".join(cells) + " |")
@@ -902,7 +938,10 @@ def _report(args, rows, infos, notes, sizes, started: str, load: float, command:
              f"{' (--quick: JAX timings not representative)' if args.quick else ''}; threads: PyTorch "
              f"`torch.set_num_threads({args.torch_threads})`, JAX XLA's default (all {os.cpu_count()} cores)",
              f"- repeats: {sizes.repeats} (train: {sizes.train_steps} steps per repeat after the first step and "
-             f"{sizes.warmup} warm-up steps; DDIM: one warm-up chain)",
+             f"{sizes.warmup} warm-up steps; DDIM: one warm-up chain)"
+             + (f"; rounds: {args.rounds} (each framework's worker run {args.rounds} times, frameworks alternating; "
+                "times are medians over all rounds' repeats, the speedup is the median of the per-round ratios "
+                "and (min-max) their range; first step and memory from round 1)" if args.rounds > 1 else ""),
              f"- GLIBC_TUNABLES (every worker, every framework): `{glibc_tunables()}`", "",
              markdown_table(rows, sizes), "", "Models (train batch, image size, parameters):", ""]
     for name, info in infos.items():
@@ -953,8 +992,9 @@ def run_all(args) -> str:
             print(f"{case.name} prepare: {time.perf_counter() - t0:.0f} s", file=sys.stderr)
             notes.append(f"{case.name}: eval forward pass, ported weights, max |jax - torch| / max |torch| = "
                          f"{info['parity']:.1e}")
-            results = {fw: run_framework(args, fw, case, files) for fw in frameworks
-                       if fw in TWIN_FRAMEWORKS or case.baselines}
+            ran = [fw for fw in frameworks if fw in TWIN_FRAMEWORKS or case.baselines]
+            rounds = [{fw: run_framework(args, fw, case, files) for fw in ran} for _ in range(args.rounds)]
+            results = {fw: merge_rounds([r[fw] for r in rounds]) for fw in ran}
             rows += [_row(case, fw, res, results.get("torch", {}), info, sizes) for fw, res in results.items()]
             notes += _sample_agreement(case, files, frameworks) + _baseline_notes(case, config, results)
     if "torch.compile" not in frameworks:
@@ -1067,11 +1107,17 @@ def parse_args(argv=None):
     p.add_argument("--frameworks", nargs="+", choices=FRAMEWORKS, help="only these frameworks (jax first)")
     p.add_argument("--torch-threads", type=int, default=len(os.sched_getaffinity(0)))
     p.add_argument("--timeout", type=int, default=600, help="seconds per worker process")
+    p.add_argument("--rounds", type=int, default=1,
+                   help="run each framework's worker this many times, frameworks alternating, so that a shared "
+                        "machine's slow drift hits all alike; the table adds each speedup's per-round range")
     p.add_argument("--worker", help=argparse.SUPPRESS)
     p.add_argument("--case", help=argparse.SUPPRESS)
     p.add_argument("--files", help=argparse.SUPPRESS)
     p.add_argument("--result", help=argparse.SUPPRESS)
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    if args.rounds < 1:
+        p.error(f"--rounds must be at least 1, got {args.rounds}")
+    return args
 
 
 def main(argv=None) -> None:

@@ -110,3 +110,34 @@ def test_both_frameworks_compute_the_same_function(quick_run):
     samples = dict(re.findall(r"- (\w+): DDIM samples, max \|jax - torch\| = ([0-9.e+-]+)", markdown))
     assert sorted(samples) == sorted(DIFFUSION)
     assert all(float(v) < 1e-3 for v in samples.values()), samples
+
+
+def test_rounds_pool_timings_and_give_the_per_round_speedup_range():
+    """`--rounds`: each framework's timings pooled over the rounds, the speedup's range from the per-round ratios
+    (each round's worker against the eager worker next to it), first-step time and memory from round 1."""
+    from benchmarks import run
+    jax_rounds = [dict(train_step_s=[0.4, 0.5, 0.6], ddim_s=[2.0, 2.2], ddim_first_s=9.0, first_step_s=16.0, peak_memory_mb=236.0),
+                  dict(train_step_s=[0.8, 0.9, 1.0], ddim_s=[4.0, 4.4], ddim_first_s=4.0, first_step_s=3.0, peak_memory_mb=1.0)]
+    torch_rounds = [dict(train_step_s=[0.5] * 3, ddim_s=[3.0] * 2, ddim_first_s=3.0, first_step_s=0.6, peak_memory_mb=300.0),
+                    dict(train_step_s=[0.8] * 3, ddim_s=[4.4] * 2, ddim_first_s=4.4, first_step_s=0.5, peak_memory_mb=2.0)]
+    ours, eager = run.merge_rounds(jax_rounds), run.merge_rounds(torch_rounds)
+    assert ours["train_step_s"] == [0.4, 0.5, 0.6, 0.8, 0.9, 1.0] and ours["rounds_train_step_s"] == [0.5, 0.9]
+    assert ours["first_step_s"] == 16.0 and ours["peak_memory_mb"] == 236.0
+    extra = dict(params=1, memory_method="m", sampled_peak_mb=1.0, rss_delta_mb=1.0, threads="t")
+    case = run.CASE_BY_NAME["unet2d"]
+    row = run._row(case, "jax", dict(ours, **extra), eager, dict(batch=8, image_size=64, params=1), run.Sizes.of(False, None))
+    assert row["train_step_ms"] == pytest.approx(700.0)  # median of the pooled timings
+    assert row["train_speedup_vs_eager"] == pytest.approx((0.5 / 0.5 + 0.8 / 0.9) / 2)  # median per-round ratio
+    assert (row["train_speedup_min"], row["train_speedup_max"]) == pytest.approx((0.8 / 0.9, 0.5 / 0.5))
+    assert (row["ddim_speedup_min"], row["ddim_speedup_max"]) == pytest.approx((4.4 / 4.2, 3.0 / 2.1))
+    cells = table_rows(run.markdown_table([row], run.Sizes.of(False, None)))[("unet2d", "jax")]
+    assert cells[-1] == "0.944x (0.889-1) / 1.24x (1.05-1.43)"
+    eager.update(extra)  # run_all passes torch eager's own result as both
+    eager_row = run._row(case, "torch", eager, eager, dict(batch=8, image_size=64, params=1), run.Sizes.of(False, None))
+    assert eager_row["train_speedup_vs_eager"] == 1.0 and "train_speedup_min" not in eager_row
+    single = run._row(case, "jax", dict(jax_rounds[0], **extra), torch_rounds[0], dict(batch=8, image_size=64,
+                      params=1), run.Sizes.of(False, None))
+    assert "train_speedup_min" not in single  # one round: no range
+    assert run.merge_rounds([jax_rounds[0], {"error": "timeout after 600 s"}]) == {"error": "timeout after 600 s"}
+    with pytest.raises(SystemExit):
+        run.parse_args(["--rounds", "0"])
