@@ -16,7 +16,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 # The longest modules (minutes each on a 2-core machine, from `pytest --durations`) are collected first, so that
 # `-n 2 --dist loadscope` starts them at once and the short modules fill the other worker, instead of one worker
-# running the last long module alone at the end. test_multihost is `long` (not in CI's run); it leads `-m long` runs.
+# running the last long module alone at the end. the `long` tests are not in CI's run.
 LONG_MODULES = ("test_multihost.py", "test_cascade.py", "test_benchmark_smoke.py", "test_resilience.py",
                 "test_tasks.py", "test_brain3d.py", "test_xla_cpu_defaults.py", "test_loop.py", "test_parity.py")
 
