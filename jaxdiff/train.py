@@ -32,7 +32,7 @@ def main(argv=None) -> int:
             from jaxdiff.training import distributed
             distributed.initialize()
         from jaxdiff.training import loop
-        cfg_name = os.path.splitext(os.path.basename(fv["config"].config_filename))[0]
+        cfg_name = os.path.splitext(os.path.basename(config_lib.split_config_arg(argv)[0]))[0]
         workdir = fv.workdir or os.path.join("runs", cfg_name)
         report = loop.train(config, workdir, quiet=fv.quiet)
         from jaxdiff.io import files

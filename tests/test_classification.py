@@ -206,3 +206,29 @@ def test_balanced_weights_from_an_image_folder(tmp_path):
     config.data.update(dict(source="image_folder", root=str(tmp_path), channels=3, fractions=(1.0, 0.0, 0.0)))
     weights = np.asarray(ClassificationTask(config).class_weights())
     np.testing.assert_allclose(weights, [12 / (2 * 3), 12 / (2 * 9)], rtol=1e-6)
+
+
+def test_batch_norm_without_scale_and_bias_follows_its_path_name():
+    """A BatchNorm with no parameters is frozen unless `train.trainable` matches its own path: "head_bn"
+    normalises with batch statistics and updates them; "body_bn" keeps them, even though a pattern names a scale
+    and bias it does not have."""
+    import flax.linen as nn
+    import ml_collections
+    from jaxdiff.tasks.base import _frozen_batch_norm_interceptor
+
+    class Net(nn.Module):
+        @nn.compact
+        def __call__(self, x):
+            bn = dict(use_running_average=False, use_scale=False, use_bias=False, momentum=0.5)
+            x = nn.Dense(3, name="body_dense")(x)
+            x = nn.BatchNorm(**bn, name="body_bn")(x)
+            return nn.BatchNorm(**bn, name="head_bn")(nn.Dense(2, name="head")(x))
+
+    x = jax.random.normal(jax.random.PRNGKey(0), (6, 4)) * 3 + 1
+    variables = Net().init(jax.random.PRNGKey(1), x)
+    cfg = ml_collections.ConfigDict(dict(trainable=("head", "body_bn/(scale|bias)"), freeze_batch_stats=True))
+    with nn.intercept_methods(_frozen_batch_norm_interceptor(cfg)):
+        _, updates = Net().apply(variables, x, mutable=["batch_stats"])
+    before, after = variables["batch_stats"], updates["batch_stats"]
+    np.testing.assert_array_equal(before["body_bn"]["mean"], after["body_bn"]["mean"])
+    assert not np.allclose(before["head_bn"]["mean"], after["head_bn"]["mean"])

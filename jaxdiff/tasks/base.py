@@ -27,9 +27,10 @@ def cast_floating(tree, dtype):
 
 
 def _frozen_batch_norm_interceptor(train_cfg):
-    """A `nn.intercept_methods` interceptor that runs each BatchNorm whose scale and bias `train.trainable` leaves
-    frozen in inference mode (a use_running_average=True clone applied to the layer's variables), or None when
-    nothing is frozen or `train.freeze_batch_stats` is False."""
+    """A `nn.intercept_methods` interceptor that runs each BatchNorm that `train.trainable` leaves frozen in
+    inference mode (a use_running_average=True clone applied to the layer's variables), or None when nothing is
+    frozen or `train.freeze_batch_stats` is False. A BatchNorm is frozen when its scale and bias are (those it has);
+    one with neither follows its own path name ("head/bn" trains under `trainable=("head",)`)."""
     trainable = trainable_predicate(train_cfg)
     if trainable is None or not train_cfg.get("freeze_batch_stats", True):
         return None
@@ -39,7 +40,8 @@ def _frozen_batch_norm_interceptor(train_cfg):
         if (isinstance(module, nn.BatchNorm) and context.method_name == "__call__"
                 and not module.use_running_average and not kwargs.get("use_running_average")):
             name = "/".join(module.path)
-            if not any(trainable(f"{name}/{leaf}") for leaf in ("scale", "bias")):
+            names = [f"{name}/{leaf}" for leaf in ("scale", "bias") if getattr(module, f"use_{leaf}")] or [name]
+            if not any(trainable(n) for n in names):
                 # Flax's own inference-mode BatchNorm on this layer's variables (its statistics stay as they are).
                 frozen = module.clone(parent=None, use_running_average=True)
                 kwargs = {k: v for k, v in kwargs.items() if k != "use_running_average"}
@@ -92,8 +94,8 @@ class Task(abc.ABC):
 
         `rng` feeds the "dropout" and "sample" (e.g. VAE reparameterisation) collections.
         With `mutable` (e.g. ["batch_stats"]) returns (outputs, updated collections).
-        With `train.trainable` set, BatchNorm layers whose scale and bias are both frozen run on their running
-        statistics and leave them unchanged even when `train` (Keras's rule for a frozen backbone);
+        With `train.trainable` set, frozen BatchNorm layers (scale and bias both frozen; see
+        `_frozen_batch_norm_interceptor` for one without them) run on their running statistics and leave them unchanged even when `train` (Keras's rule for a frozen backbone);
         `train.freeze_batch_stats=False` lets them normalise with batch statistics and update them (PyTorch's
         behaviour with `requires_grad=False` in train mode).
         """
