@@ -163,11 +163,11 @@ CONV_SHAPES = (((8, 64, 64, 96), 32), ((8, 64, 64, 64), 32), ((8, 32, 32, 128), 
 
 
 def limits(n: int = 2048, conv_shapes=CONV_SHAPES, init_config=None):
-    """(what, value, unit) rows on what bounds jaxdiff here: n^3 matmul throughput per dtype, a 3x3 convolution's
-    forward / input gradient / weight gradient at `conv_shapes` ((x shape, output channels); JAX and, when
-    installed, PyTorch eager, NCHW as in the benchmark's twins, whose gradients are checked against JAX's), and the
-    compile time of a UNet's init (default: configs/quickstart.py at batch 8) at XLA's default options and at
-    `jaxdiff.ONE_SHOT_CPU_COMPILER_OPTIONS`."""
+    """(what, value, unit) rows on what bounds jaxdiff here: n^3 matmul throughput per dtype (and NumPy's float32
+    BLAS, the CPU's headroom), a 3x3 convolution's forward / input gradient / weight gradient at `conv_shapes`
+    ((x shape, output channels); JAX and, when installed, PyTorch eager, NCHW as in the benchmark's twins, whose
+    gradients are checked against JAX's), and the compile time of a UNet's init (default: configs/quickstart.py at
+    batch 8) at XLA's default options and at `jaxdiff.ONE_SHOT_CPU_COMPILER_OPTIONS`."""
     torch = _torch()
     for dtype in ("float32", "bfloat16"):
         jitted = jax.jit(jnp.matmul)
@@ -176,6 +176,9 @@ def limits(n: int = 2048, conv_shapes=CONV_SHAPES, init_config=None):
         if torch is not None:
             yield from _matmul_rate(f"PyTorch matmul, {dtype}", n,
                                     lambda m: torch.ones(m, m, dtype=getattr(torch, dtype)), lambda t: t @ t)
+    # The CPU's own fp32 headroom: NumPy's BLAS (OpenBLAS in the wheels) on the same product.
+    yield from _matmul_rate("NumPy (its BLAS) matmul, float32", n, lambda m: np.ones((m, m), np.float32),
+                            lambda a: a @ a)
     key = iter(jax.random.split(jax.random.key(2), 9))
     conv = lambda x, w: jax.lax.conv_general_dilated(x, w, (1, 1), "SAME",  # noqa: E731
                                                      dimension_numbers=("NHWC", "HWIO", "NHWC")) + 1.0

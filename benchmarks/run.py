@@ -998,7 +998,8 @@ def run_all(args) -> str:
             rows += [_row(case, fw, res, results.get("torch", {}), info, sizes) for fw, res in results.items()]
             notes += _sample_agreement(case, files, frameworks) + _baseline_notes(case, config, results)
     if "torch.compile" not in frameworks:
-        notes.append("torch.compile: not run (--quick skips it: a cold Inductor compile takes minutes on this CPU; "
+        why = "--quick skips it" if args.quick else "not in --frameworks"
+        notes.append(f"torch.compile: not run ({why}: a cold Inductor compile takes minutes on this CPU; "
                      "add --frameworks jax torch torch.compile).")
     command = "python -m benchmarks.run " + " ".join(shlex.quote(a) for a in sys.argv[1:])
     report = _report(args, rows, infos, notes, sizes, started, load, command.strip())

@@ -18,6 +18,7 @@ def test_limits_rows_at_tiny_sizes():
         assert f"{framework} matmul, bfloat16, 64^3" in names
         for part in ("forward", "input gradient", "weight gradient"):
             assert f"{framework} 3x3 conv x (2, 8, 8, 8) -> 4: {part}" in names
+    assert "NumPy (its BLAS) matmul, float32, 64^3" in names
     assert [n for n in names if "compile" in n] == ["unet init (16^2), compile (XLA default)",
                                                      "unet init (16^2), compile (one-shot options)"]
 

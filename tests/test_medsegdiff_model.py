@@ -189,3 +189,40 @@ def test_ffparser_bf16_computes_in_float32():
     out = module.apply(cast_floating(variables, jnp.bfloat16), x.astype(jnp.bfloat16))
     assert out.dtype == jnp.bfloat16
     np.testing.assert_allclose(out.astype(jnp.float32), x.astype(jnp.bfloat16).astype(jnp.float32), atol=2e-2)
+
+
+@pytest.mark.parametrize("channels", [6, 20])
+def test_linear_attention_is_lucidrains_formula(channels):
+    """Attention(linear=True) forms the context from (k^T x_norm) w_v instead of k^T v: same values and gradients as
+    the textbook per-head form (v formed, softmax of q over features and of k over positions, output LayerNorm),
+    with the input narrower (6) and wider (20) than heads x d (2 x 4 = 8)."""
+    from jaxdiff.models.medsegdiff import Attention
+
+    heads, d = 2, 4
+    x = jax.random.normal(jax.random.PRNGKey(0), (2, 4, 4, channels))
+    module = Attention(heads, d, linear=True)
+    variables = module.init(jax.random.PRNGKey(1), x)
+    p = jax.tree.map(lambda a: a + 0.3 * jax.random.normal(jax.random.PRNGKey(2), a.shape), variables)["params"]
+
+    def layer_norm(a, gain):
+        mean = a.mean(-1, keepdims=True)
+        return (a - mean) / jnp.sqrt(((a - mean) ** 2).mean(-1, keepdims=True) + 1e-5) * gain
+
+    def reference(p, x):
+        b, h, w, c = x.shape
+        qkv = layer_norm(x, p["LayerNorm_0"]["scale"]).reshape(b, h * w, c) @ p["to_qkv"]["kernel"]
+        q, k, v = (a.reshape(b, h * w, heads, d) for a in jnp.split(qkv, 3, axis=-1))
+        q = jax.nn.softmax(q, axis=-1) * d ** -0.5
+        k = jax.nn.softmax(k, axis=1)
+        context = jnp.einsum("bnhd,bnhe->bhde", k, v)
+        out = jnp.einsum("bnhd,bhde->bnhe", q, context).reshape(b, h * w, heads * d)
+        out = out @ p["to_out"]["kernel"] + p["to_out"]["bias"]
+        return x + layer_norm(out.reshape(b, h, w, c), p["LayerNorm_1"]["scale"])
+
+    got = module.apply({"params": p}, x)
+    np.testing.assert_allclose(got, reference(p, x), rtol=1e-5, atol=1e-5)
+    loss = lambda f: lambda p, x: jnp.sum(jnp.sin(f(p, x)))  # noqa: E731
+    g_got = jax.grad(loss(lambda p, x: module.apply({"params": p}, x)), argnums=(0, 1))(p, x)
+    g_ref = jax.grad(loss(reference), argnums=(0, 1))(p, x)
+    for a, b in zip(jax.tree.leaves(g_got), jax.tree.leaves(g_ref)):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)

@@ -92,35 +92,38 @@ class Attention(nn.Module):
     @nn.compact
     def __call__(self, x):
         b, h, w, c = x.shape
-        q, k, v = self._qkv(_layer_norm(False)(x).reshape(b * h * w, c), b)
-        if self.linear:
-            out = self._linear(q, k, v, c)
-        else:
-            out = Dense(c, name="to_out")(dot_product_attention(q, k, v).reshape(b, h, w, self.heads * self.dim_head))
-        return x + (_layer_norm(False)(out.reshape(b, h, w, c)) if self.linear else out)
-
-    def _qkv(self, x, b: int):
-        """`to_qkv` (one (C, 3 heads d) kernel, torch's Linear) applied as three products with its column blocks:
-        x (B N, C) -> q, k, v (B, N, heads, d). Splitting the (B N, 3 heads d) product instead made XLA:CPU copy
-        each third out of it (strided slices, ~10 ms each at 32x32 in the op-level profile)."""
+        x_norm = _layer_norm(False)(x).reshape(b * h * w, c)
         hd = self.heads * self.dim_head
-        kernel, _ = DenseParams(3 * hd, use_bias=False, name="to_qkv")(x.shape[-1])
-        x, kernel = nn.dtypes.promote_dtype(x, kernel)
-        return tuple(matmul(x, kernel[:, i * hd:(i + 1) * hd]).reshape(b, -1, self.heads, self.dim_head)
-                     for i in range(3))
+        kernel, _ = DenseParams(3 * hd, use_bias=False, name="to_qkv")(c)
+        x_norm, kernel = nn.dtypes.promote_dtype(x_norm, kernel)
+        # `to_qkv` (one (C, 3 heads d) kernel, torch's Linear) applied as products with its column blocks: splitting
+        # the (B N, 3 heads d) product instead made XLA:CPU copy each third out of it (strided slices, ~10 ms each
+        # at 32x32 in the op-level profile).
+        q, k = (matmul(x_norm, kernel[:, i * hd:(i + 1) * hd]).reshape(b, -1, self.heads, self.dim_head)
+                for i in range(2))
+        w_v = kernel[:, 2 * hd:]
+        if self.linear:
+            out = self._linear(q, k, x_norm.reshape(b, -1, c), w_v, c)
+            return x + _layer_norm(False)(out.reshape(b, h, w, c))
+        v = matmul(x_norm, w_v).reshape(b, -1, self.heads, self.dim_head)
+        return x + Dense(c, name="to_out")(dot_product_attention(q, k, v).reshape(b, h, w, hd))
 
-    def _linear(self, q, k, v, c: int):
-        """Linear attention and `to_out`, q, k, v (B, N, heads, d) -> (B, N, c), without heads-major copies of
-        q, k, v or of the output: out = to_out(q context) = q_flat M + bias with M = blockdiag(context) W_out
-        (B, heads d, c). The per-head contexts k_h^T v_h are the diagonal blocks of k_flat^T v_flat (B, heads d,
-        heads d), computed whole (heads times the multiply-adds of a small product) and masked, so neither the
-        (B, heads, N, d) copies of k and v nor the (B, heads, N, d) q context are formed."""
+    def _linear(self, q, k, x_norm, w_v, c: int):
+        """Linear attention and `to_out`: q, k (B, N, heads, d), the normalised input x_norm (B, N, C) and the value
+        kernel w_v (C, heads d) -> (B, N, c).
+
+        out = to_out(q context) = q_flat M + bias with M = blockdiag(context) W_out (B, heads d, c); the per-head
+        contexts k_h^T v_h are the diagonal blocks of k_flat^T v_flat = (k_flat^T x_norm) w_v (B, heads d, heads d),
+        so v (B, N, heads d) is never formed and the product over the N positions has C columns instead of heads d
+        (C = 16 vs 128 at medsegdiff_tiny's 32x32 levels: the linear attention there took a third of the DDIM
+        forward pass). Neither heads-major copies of q and k nor the (B, heads, N, d) q context are formed.
+        """
         b, n, heads, d = q.shape
         q, scale = with_scalar(q, d ** -0.5)
         q = (jax.nn.softmax(q, axis=-1) * scale).reshape(b, n, heads * d)
         k = jax.nn.softmax(k, axis=1).reshape(b, n, heads * d)
         block_diagonal = np.kron(np.eye(heads, dtype=np.float32), np.ones((d, d), np.float32))
-        context = tn_matmul(k, v.reshape(b, n, heads * d)) * block_diagonal.astype(k.dtype)  # (B, hd, hd)
+        context = matmul(tn_matmul(k, x_norm), w_v) * block_diagonal.astype(k.dtype)  # (B, hd, hd)
         kernel, bias = DenseParams(c, name="to_out")(heads * d)
         return matmul(q, matmul(context, kernel)) + bias
 
