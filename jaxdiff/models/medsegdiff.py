@@ -103,16 +103,16 @@ class Attention(nn.Module):
                 for i in range(2))
         w_v = kernel[:, 2 * hd:]
         if self.linear:
-            out = self._linear(q, k, x_norm.reshape(b, -1, c), w_v, c)
+            out = self._linear(q, k, x_norm.reshape(b, -1, c), w_v)
             return x + _layer_norm(False)(out.reshape(b, h, w, c))
         v = matmul(x_norm, w_v).reshape(b, -1, self.heads, self.dim_head)
         return x + Dense(c, name="to_out")(dot_product_attention(q, k, v).reshape(b, h, w, hd))
 
-    def _linear(self, q, k, x_norm, w_v, c: int):
+    def _linear(self, q, k, x_norm, w_v):
         """Linear attention and `to_out`: q, k (B, N, heads, d), the normalised input x_norm (B, N, C) and the value
-        kernel w_v (C, heads d) -> (B, N, c).
+        kernel w_v (C, heads d) -> (B, N, C).
 
-        out = to_out(q context) = q_flat M + bias with M = blockdiag(context) W_out (B, heads d, c); the per-head
+        out = to_out(q context) = q_flat M + bias with M = blockdiag(context) W_out (B, heads d, C); the per-head
         contexts k_h^T v_h are the diagonal blocks of k_flat^T v_flat = (k_flat^T x_norm) w_v (B, heads d, heads d),
         so v (B, N, heads d) is never formed and the product over the N positions has C columns instead of heads d
         (C = 16 vs 128 at medsegdiff_tiny's 32x32 levels: the linear attention there took a third of the DDIM
@@ -124,7 +124,7 @@ class Attention(nn.Module):
         k = jax.nn.softmax(k, axis=1).reshape(b, n, heads * d)
         block_diagonal = np.kron(np.eye(heads, dtype=np.float32), np.ones((d, d), np.float32))
         context = matmul(tn_matmul(k, x_norm), w_v) * block_diagonal.astype(k.dtype)  # (B, hd, hd)
-        kernel, bias = DenseParams(c, name="to_out")(heads * d)
+        kernel, bias = DenseParams(x_norm.shape[-1], name="to_out")(heads * d)
         return matmul(q, matmul(context, kernel)) + bias
 
 
