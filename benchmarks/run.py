@@ -456,6 +456,7 @@ def jax_worker(case: Case, quick: bool, sizes: Sizes, files: str) -> dict:
     """Train-step and DDIM measurements of jaxdiff (see the module docstring)."""
     import jax
     from jaxdiff.diffusion import samplers
+    from jaxdiff.training import sharding as shd
     config, inputs = _load(files, case, quick)
     base = _baseline()
     trainer = JaxTrainer(config, inputs, _read_variables(files, case))
@@ -472,9 +473,13 @@ def jax_worker(case: Case, quick: bool, sizes: Sizes, files: str) -> dict:
     def sample(variables, x_T, cond):
         return samplers.ddim_sample(task.denoise_fn(variables), task.schedule, x_T.shape, jax.random.key(1),
                                     num_steps=sizes.ddim_steps, eta=0.0, prediction=task.prediction, cond=cond,
-                                    clip_x0=clip, x_T=x_T)
+                                    clip_x0=clip, x_T=x_T, sharding=sharding)
 
     x_T, result = jax.numpy.asarray(inputs["x_T"]), {}
+    # as `python -m jaxdiff.sample` (DiffusionTask.jitted_sample): the batch split over the devices, on this CPU one
+    # per core (`jaxdiff.set_cpu_devices` in worker_main); the train step above uses one device
+    sharding, variables, (x_T, cond) = shd.place_for_sampling(x_T.shape[0], variables, (x_T, cond))
+    out["sample_devices"] = 1 if sharding is None else len(sharding.device_set)
 
     def chain():
         result["x"] = sample(variables, x_T, cond).block_until_ready()
@@ -853,7 +858,8 @@ def _row(case: Case, fw: str, res: dict, eager: dict, info: dict, sizes: Sizes) 
         row["train_speedup_vs_eager"] = statistics.median(eager["train_step_s"]) / step
         row.update(_round_range("train", res, eager))
     if "ddim_s" in res:
-        row.update(ddim_latency_s=statistics.median(res["ddim_s"]), ddim_first_s=res["ddim_first_s"])
+        row.update(ddim_latency_s=statistics.median(res["ddim_s"]), ddim_first_s=res["ddim_first_s"],
+                   sample_devices=res.get("sample_devices", 1))
         if "ddim_s" in eager:
             row["ddim_speedup_vs_eager"] = statistics.median(eager["ddim_s"]) / row["ddim_latency_s"]
             row.update(_round_range("ddim", res, eager))
@@ -895,7 +901,7 @@ CSV_FIELDS = ("model", "framework", "status", "train_steps_per_s", "train_step_m
               "ddim_latency_s", "ddim_first_s", "ddim_steps", "sample_batch", "peak_memory_mb", "memory_method",
               "sampled_peak_mb", "rss_delta_mb", "train_speedup_vs_eager", "ddim_speedup_vs_eager", "train_batch",
               "image_size", "params", "threads", "page_faults_per_step", "train_speedup_min", "train_speedup_max",
-              "ddim_speedup_min", "ddim_speedup_max")
+              "ddim_speedup_min", "ddim_speedup_max", "sample_devices")
 
 
 def _fmt(x, digits: int = 3) -> str:
@@ -936,7 +942,8 @@ def _report(args, rows, infos, notes, sizes, started: str, load: float, command:
              f"- versions: {_versions()}",
              f"- XLA_FLAGS: `{os.environ.get('XLA_FLAGS', '') or '(unset)'}`"
              f"{' (--quick: JAX timings not representative)' if args.quick else ''}; threads: PyTorch "
-             f"`torch.set_num_threads({args.torch_threads})`, JAX XLA's default (all {os.cpu_count()} cores)",
+             f"`torch.set_num_threads({args.torch_threads})`, JAX XLA's default (all {os.cpu_count()} cores; "
+             "DDIM with the batch split over one XLA CPU device per core, see Notes)",
              f"- repeats: {sizes.repeats} (train: {sizes.train_steps} steps per repeat after the first step and "
              f"{sizes.warmup} warm-up steps; DDIM: one warm-up chain)"
              + (f"; rounds: {args.rounds} (each framework's worker run {args.rounds} times, frameworks alternating; "
@@ -970,7 +977,10 @@ NOTES = (
     "and what XLA keeps), and rss_delta_mb is the growth of the process's peak RSS over the same span, which "
     "includes the compilers' transient memory and the libraries' code pages.",
     "DDIM: deterministic (eta 0), x0 clipped to [-1, 1], the same schedule, timesteps and start noise in both "
-    "frameworks; JAX runs the whole chain in one jitted lax.scan, PyTorch a Python loop under inference_mode.",
+    "frameworks; JAX runs the whole chain in one jitted lax.scan, PyTorch a Python loop under inference_mode. As "
+    "`python -m jaxdiff.sample` does, the JAX worker gives XLA one CPU device per core (`jaxdiff.set_cpu_devices`) "
+    "and splits the DDIM batch over them (the CSV's sample_devices); its train step runs on one device, whose "
+    "operations use all cores, as in `python -m jaxdiff.train`.",
 )
 
 
@@ -1079,6 +1089,8 @@ def worker_main(args) -> None:
     role = args.worker
     if role in ("jax", "profile-jax"):  # as the entry points do, before JAX starts
         jaxdiff.set_cpu_fusion(case.config(args.quick).get("xla_cpu_fusion"))
+    if role == "jax":  # as `python -m jaxdiff.sample` does
+        jaxdiff.set_cpu_devices()
     try:
         if role == "jax":
             res = jax_worker(case, args.quick, sizes, args.files)

@@ -1,11 +1,12 @@
 """Generate (or segment) with the latest checkpoint of a work directory.
 
-    python -m jaxdiff.sample --workdir DIR [--num 16] [--steps 50] [--seed 0] [--out DIR/samples]
+    python -m jaxdiff.sample --workdir DIR [--num 16] [--steps 50] [--seed 0] [--out DIR/samples] [--cpu_devices 0]
     python -m jaxdiff.sample --cascade W_BASE,W_SR1,W_SR2 --num 4 [--steps 50,25,25] --out DIR
 
 Writes PNG for 2D and NIfTI (with the source affine) for 3D; prints the written paths as JSON. `--cascade` runs
 a base generator and super-resolution stages from their work directories (`jaxdiff.cascade`), each stage one
-scan with its own step count, and writes every stage's images.
+scan with its own step count, and writes every stage's images. The batch is split over the devices (data
+parallel; on a CPU one XLA device per core unless --cpu_devices says otherwise, see `jaxdiff.set_cpu_devices`).
 """
 from __future__ import annotations
 
@@ -28,6 +29,8 @@ def _flags(fv):
                         "one per stage, comma-separated.", flag_values=fv)
     flags.DEFINE_integer("seed", 0, "Sampling seed.", flag_values=fv)
     flags.DEFINE_string("out", None, "Output folder (default WORKDIR/samples).", flag_values=fv)
+    flags.DEFINE_integer("cpu_devices", None, "XLA CPU devices the batch is split over (0 or unset: one per core; "
+                         "1: one device whose operations use every core). CPU backend only.", flag_values=fv)
 
 
 def main(argv=None) -> int:
@@ -36,6 +39,7 @@ def main(argv=None) -> int:
         _, fv = config_lib.parse(argv, _flags, require_config=False)
         if (fv.workdir is None) == (fv.cascade is None):
             raise InputError("give exactly one of --workdir DIR or --cascade W_BASE,W_SR1,...")
+        jaxdiff.set_cpu_devices(fv.cpu_devices)
         if fv.cascade is not None:
             from jaxdiff import cascade
             if not fv.out:

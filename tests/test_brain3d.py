@@ -163,8 +163,8 @@ def test_tiny_config_trains_and_samples_nifti_with_data_affine(tmp_path):
         report = json.load(f)
     assert report["feature_mmd_random_conv3d"] > 0 and 0 <= report["ms_ssim_real"] <= 1  # 2 samples, 2 real
     out = str(tmp_path / "out")
-    r = run_python(["-m", "jaxdiff.sample", "--workdir", work, "--num", "1", "--steps", "2", "--out", out],
-                   timeout=1800)
+    r = run_python(["-m", "jaxdiff.sample", "--workdir", work, "--num", "2", "--steps", "2", "--out", out,
+                    "--cpu_devices", "2"], timeout=1800)  # one volume per CPU device
     assert r.returncode == 0, r.stderr[-2000:]
     written = json.loads(r.stdout.strip().splitlines()[-1])["written"]
     d = ml_collections.ConfigDict(dict(source="phantom3d", image_size=32, num_cases=16, tumour_fraction=0.0))

@@ -195,7 +195,7 @@ def test_tiny_cascade_trains_and_samples(tmp_path):
         workdirs.append(str(w))
     out = tmp_path / "cascade"
     proc = run_python(["-m", "jaxdiff.sample", "--cascade", ",".join(workdirs), "--num", "2", "--steps", "3,2,2",
-                       "--out", str(out)])
+                       "--out", str(out), "--cpu_devices", "2"])  # every stage's batch split over 2 CPU devices
     assert proc.returncode == 0, proc.stderr[-2000:]
     written = json.loads(proc.stdout.strip().splitlines()[-1])["written"]
     from PIL import Image

@@ -224,6 +224,13 @@ def test_sample_cli_writes_pngs(finished, jax_env):
     assert sorted(written) == [str(workdir / "samples" / n) for n in ("grid.png", "sample_000.png", "sample_001.png")]
     for p in written:
         assert_is_png(p)
+    # the batch split over two CPU devices (one per core by default outside the tests): the same images
+    split = run_python(["-m", "jaxdiff.sample", "--workdir", str(workdir), "--num", "2", "--cpu_devices", "2",
+                        "--out", str(workdir / "split")], env_extra=jax_env)
+    assert split.returncode == 0, split.stderr[-3000:]
+    for name in ("sample_000.png", "sample_001.png"):
+        one, two = (np.asarray(Image.open(d / name), np.int16) for d in (workdir / "samples", workdir / "split"))
+        assert one.std() > 0 and np.abs(one - two).max() <= 1, name
 
 
 def test_summary_cli_counts_parameters(jax_env):

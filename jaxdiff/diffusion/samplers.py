@@ -71,19 +71,22 @@ def _predict_x0_eps(denoise_fn, sched, x, step, prediction, cond, uncond, guidan
     return t, x0, eps
 
 
-def _run_chain(step_fn, key, shape, x_T, xs, return_trajectory, return_pred_x0):
+def _run_chain(step_fn, key, shape, x_T, xs, return_trajectory, return_pred_x0, sharding=None):
     """Scan `step_fn(x, xs_i, key_i) -> (x_next, x0_hat)` over xs (leading axis n) from x_T (or N(0, I)).
 
+    `sharding` (optional): the chain's x (B, ...) is kept in it, e.g. split over devices along B.
     Returns x (shape) or, with return_trajectory, (x, traj) / (x, traj, pred_x0_traj), each (n, *shape).
     """
+    keep = (lambda a: a) if sharding is None else (lambda a: jax.lax.with_sharding_constraint(a, sharding))
     init_key, steps_key = jax.random.split(key)
     x = jax.random.normal(init_key, shape, jnp.float32) if x_T is None else jnp.asarray(x_T, jnp.float32)
+    x = keep(x)
     n = jax.tree.leaves(xs)[0].shape[0]
 
     def body(x, scanned):
         xs_i, key_i = scanned
         x_next, x0 = step_fn(x, xs_i, key_i)
-        x_next = x_next.astype(jnp.float32)
+        x_next = keep(x_next.astype(jnp.float32))
         return x_next, ((x_next, x0) if return_trajectory else None)
 
     x, ys = jax.lax.scan(body, x, (xs, jax.random.split(steps_key, n)))
@@ -94,14 +97,16 @@ def _run_chain(step_fn, key, shape, x_T, xs, return_trajectory, return_pred_x0):
 
 def ddpm_sample(denoise_fn, sched: Schedule, shape: tuple, key, prediction: str = "eps", cond=None,
                 guidance_scale=None, variance: str = "beta", clip_x0: float | None = None,
-                return_trajectory: bool = False, uncond=None, x_T=None, return_pred_x0: bool = False):
+                return_trajectory: bool = False, uncond=None, x_T=None, return_pred_x0: bool = False,
+                sharding=None):
     """Ancestral sampling (Ho et al. 2020) over all T steps, t = T-1 .. 0, in one lax.scan.
 
     x_{t-1} = posterior_mean(x0_hat, x_t) + sigma_t z with sigma_t^2 = beta_t ("beta") or the posterior
     variance ("posterior"); no noise is added at t = 0.
     shape: (B, ...) of the samples; key: PRNG key (x_T and per-step noise); cond / uncond: pytrees with
     leading axis B; guidance_scale: None (off) or s; clip_x0: None or a bound c, x0_hat clipped to
-    [-c, c]; x_T: optional start (B, ...) instead of N(0, I).
+    [-c, c]; x_T: optional start (B, ...) instead of N(0, I); sharding: optional `jax.sharding.Sharding` of the
+    (B, ...) samples, e.g. `training.sharding.place_for_sampling`'s split over devices (data-parallel chains).
     Returns x0 (shape) or, with return_trajectory, (x0, traj) with traj (T, *shape) the x_t after each
     step (and, with return_pred_x0, the predicted x0 after each step (T, *shape) as a third element).
     """
@@ -116,13 +121,13 @@ def ddpm_sample(denoise_fn, sched: Schedule, shape: tuple, key, prediction: str 
         return mean + sigma * jax.random.normal(key, x.shape, jnp.float32), x0
 
     steps = jnp.arange(sched.num_timesteps - 1, -1, -1, dtype=jnp.int32)
-    return _run_chain(step, key, shape, x_T, steps, return_trajectory, return_pred_x0)
+    return _run_chain(step, key, shape, x_T, steps, return_trajectory, return_pred_x0, sharding)
 
 
 def ddim_sample(denoise_fn, sched: Schedule, shape: tuple, key, num_steps: int = 50, eta=0.0,
                 prediction: str = "eps", cond=None, guidance_scale=None, spacing: str = "uniform",
                 clip_x0: float | None = None, return_trajectory: bool = False, uncond=None, x_T=None,
-                return_pred_x0: bool = False):
+                return_pred_x0: bool = False, sharding=None):
     """DDIM (Song et al. 2021) over `ddim_timesteps(T, num_steps, spacing)` in descending order, one lax.scan.
 
     With a = abar_t and a' = abar_{t_prev} (a' = 1 after the last step):
@@ -146,4 +151,4 @@ def ddim_sample(denoise_fn, sched: Schedule, shape: tuple, key, num_steps: int =
         return x_prev, x0
 
     xs = (jnp.asarray(ts.copy()), jnp.asarray(prev))
-    return _run_chain(step, key, shape, x_T, xs, return_trajectory, return_pred_x0)
+    return _run_chain(step, key, shape, x_T, xs, return_trajectory, return_pred_x0, sharding)

@@ -14,6 +14,7 @@ import jax.numpy as jnp
 from jaxdiff.diffusion import gaussian, samplers, schedules
 from jaxdiff.errors import InputError
 from jaxdiff.tasks.base import Task
+from jaxdiff.training import sharding as shd
 
 
 def make_schedule(diff_cfg):
@@ -61,13 +62,15 @@ class DiffusionTask(Task):
         """`denoise_fn(x_t, t, cond)` closing over evaluation variables, as the samplers expect."""
         return lambda x_t, t, cond: self.apply(variables, x_t, t, cond, train=False)
 
-    def sample(self, variables, shape, rng, cond=None, num_steps=None, uncond=None, return_trajectory=False):
-        """Run the configured reverse chain (one lax.scan) for a batch of `shape` (B, ..., C)."""
+    def sample(self, variables, shape, rng, cond=None, num_steps=None, uncond=None, return_trajectory=False,
+               sharding=None):
+        """Run the configured reverse chain (one lax.scan) for a batch of `shape` (B, ..., C), its x kept in
+        `sharding` if given."""
         d = self.config.diffusion
         clip = float(d.get("clip_x0", 1.0)) or None
         guidance = float(d.get("guidance_scale", 0.0)) or None
         common = dict(prediction=self.prediction, cond=cond, guidance_scale=guidance, clip_x0=clip,
-                      return_trajectory=return_trajectory, uncond=uncond)
+                      return_trajectory=return_trajectory, uncond=uncond, sharding=sharding)
         if d.get("sampler", "ddim") == "ddpm":
             return samplers.ddpm_sample(self.denoise_fn(variables), self.schedule, shape, rng, **common)
         return samplers.ddim_sample(self.denoise_fn(variables), self.schedule, shape, rng,
@@ -75,6 +78,14 @@ class DiffusionTask(Task):
                                     eta=float(d.get("eta", 0.0)), **common)
 
     @functools.cached_property
-    def jitted_sample(self):
-        """`sample` compiled once per shape: (variables, rng, cond) -> samples."""
-        return jax.jit(self.sample, static_argnames=("shape", "num_steps", "return_trajectory"))
+    def _compiled_sample(self):
+        return jax.jit(self.sample, static_argnames=("shape", "num_steps", "return_trajectory", "sharding"))
+
+    def jitted_sample(self, variables, shape, rng, cond=None, num_steps=None, uncond=None, return_trajectory=False):
+        """`sample`, compiled once per shape, data-parallel over this process's devices: the batch shape[0] is
+        split over the most devices that divide it (`sharding.place_for_sampling`; with one CPU device, or one
+        GPU, as a plain jit). Same samples whatever the split (the noise does not depend on it)."""
+        sharding, (variables, rng), (cond, uncond) = shd.place_for_sampling(shape[0], (variables, rng),
+                                                                           (cond, uncond))
+        return self._compiled_sample(variables, shape, rng, cond=cond, num_steps=num_steps, uncond=uncond,
+                                     return_trajectory=return_trajectory, sharding=sharding)

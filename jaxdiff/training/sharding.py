@@ -37,6 +37,30 @@ def replicated(mesh) -> NamedSharding:
     return NamedSharding(mesh, P())
 
 
+def sampling_mesh(batch: int) -> jax.sharding.Mesh | None:
+    """1-axis ("data",) mesh over the most process-local devices that split `batch` evenly, for data-parallel
+    sampling (each device runs the whole chain on its share of the batch); None when that is one device, or
+    with several processes (each samples on its own devices, as before).
+
+    E.g. 8 devices: batch 16 -> 8 devices, batch 12 -> 6, batch 5 -> None."""
+    devices = jax.local_devices()
+    if jax.process_count() > 1 or len(devices) < 2:
+        return None
+    used = max(k for k in range(1, len(devices) + 1) if batch % k == 0)
+    return jax.sharding.Mesh(np.array(devices[:used]), ("data",)) if used > 1 else None
+
+
+def place_for_sampling(batch: int, replicate, split):
+    """(batch sharding or None, `replicate` on every sampling device, `split` along its leading axis) for a chain
+    over `batch` examples: the pytrees are placed on `sampling_mesh(batch)`'s devices, or returned unchanged
+    when there is none. `replicate`: parameters, PRNG keys; `split`: per-example conditioning (None leaves kept)."""
+    mesh = sampling_mesh(batch)
+    if mesh is None:
+        return None, replicate, split
+    sharding = NamedSharding(mesh, P("data"))
+    return sharding, jax.device_put(replicate, replicated(mesh)), jax.device_put(split, sharding)
+
+
 def _leaf_spec(shape, fsdp: int, min_size: int) -> P:
     """Shard the largest axis divisible by `fsdp` over "fsdp" if the array has >= min_size elements."""
     if fsdp == 1 or int(np.prod(shape, dtype=np.int64)) < min_size:
