@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 
 from conftest import run_python
@@ -90,3 +91,33 @@ def test_set_cpu_devices(arg, env, expect):
     assert out["negative"].startswith("--cpu_devices: -1 is negative")
     assert out["late"] == 0  # once JAX has started: refused, with a warning unless the user's flag decides
     assert ("backends already exist" in out["warning"]) == ("XLA_FLAGS" not in env), out["warning"]
+
+
+ENSEMBLE = """
+import json, sys
+sys.path.insert(0, "tests")
+import jax, numpy as np
+from jaxdiff import tasks
+from test_tasks import msd_config
+task = tasks.build(msd_config(ensemble=3))
+variables = task.init(jax.random.key(0), task.example_batch(2))
+variables = jax.tree.map(lambda p: p + 0.05 * jax.random.normal(jax.random.key(1), p.shape), variables)
+images = np.random.default_rng(1).uniform(-1, 1, (2, 16, 16, 2)).astype(np.float32)
+out = task._predict_jit(variables, images, jax.random.key(2))  # jitted_sample inside the predict jit
+print(json.dumps({"devices": len(out["samples"].sharding.device_set),
+                  "samples": np.asarray(out["samples"]).ravel().tolist()}))
+"""
+
+
+def test_medsegdiff_ensemble_split_over_devices_matches_one_device():
+    """`python -m jaxdiff.evaluate`'s path for MedSegDiff (the sampler inside the predict jit): 3 members x 2 images
+    = 6 chains on 3 of 4 devices (the most that divide 6) give the member probabilities of one device."""
+    outs = {}
+    for devices in (4, None):
+        proc = run_python(["-c", ENSEMBLE], devices=devices)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        outs[devices] = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert outs[4]["devices"] == 3 and outs[None]["devices"] == 1
+    one = np.asarray(outs[None]["samples"])
+    assert one.std() > 0.01
+    np.testing.assert_allclose(outs[4]["samples"], one, atol=1e-4)
