@@ -38,6 +38,7 @@ for b in (4, 6, 5):
                   std=float(np.asarray(ref).std()))
 x, traj = task.jitted_sample(variables, (4, 8, 8, 1), jax.random.key(2), return_trajectory=True)
 out["traj"] = [list(traj.shape), len(traj.sharding.device_set)]
+out["inference_mesh"] = shd.inference_mesh().devices.size  # a checkpoint is restored once, not once per CPU device
 print(json.dumps(out))
 """
 
@@ -54,6 +55,7 @@ def test_jitted_sample_splits_the_batch_over_devices_and_matches_one_device():
         assert out[b]["std"] > 0.1, out[b]  # real samples, not a constant
         assert out[b]["diff"] < 1e-4, (b, out[b])
     assert out["traj"] == [[3, 4, 8, 8, 1], 4]
+    assert out["inference_mesh"] == 1
 
 
 DEVICES = """

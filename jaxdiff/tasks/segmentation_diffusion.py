@@ -19,6 +19,7 @@ from jaxdiff.errors import InputError
 from jaxdiff.tasks import seg_eval
 from jaxdiff.tasks.base import zeros_like_spec
 from jaxdiff.tasks.diffusion_task import DiffusionTask
+from jaxdiff.training import sharding as shd
 
 
 def fuse(probs, how: str = "mean"):
@@ -79,6 +80,8 @@ class SegmentationDiffusionTask(DiffusionTask):
                        num_steps=None) -> dict:
         """Predict the first `num` examples of a random-access source in batches; numpy outputs."""
         data = seg_eval.collect(source, num)
+        ensemble = int(self.config.diffusion.get("ensemble", 5))  # the jit's inputs on its sampling devices
+        _, variables, _ = shd.place_for_sampling(ensemble * batch_size, variables, None)
         outs = []
         for i in range(0, len(data["image"]), batch_size):
             chunk = data["image"][i: i + batch_size]

@@ -72,7 +72,7 @@ def load_for_inference(workdir: str):
     ckpt_dir = files.path(workdir) / "checkpoints"
     if not ckpt_dir.is_dir():
         raise InputError(f"{ckpt_dir}: no checkpoints (train first: python -m jaxdiff.train --workdir {workdir})")
-    mesh = shd.make_mesh(config.get("mesh"))
+    mesh = shd.inference_mesh(config.get("mesh"))
     tx = make_optimizer(config.train)
     batch = task.example_batch(1)
     abstract = jax.eval_shape(lambda r, b: TrainState.create(task.init(r, b), tx), jax.random.PRNGKey(0), batch)

@@ -28,6 +28,16 @@ def make_mesh(mesh_cfg=None) -> jax.sharding.Mesh:
     return jax.make_mesh((data, fsdp), ("data", "fsdp"), axis_types=(AxisType.Auto, AxisType.Auto))
 
 
+def inference_mesh(mesh_cfg=None) -> jax.sharding.Mesh:
+    """The mesh a checkpoint is restored onto for sampling / evaluation: `make_mesh(mesh_cfg)`, except in a single
+    CPU process, where it is the first device alone. CPU devices are cores sharing one memory (`jaxdiff.sample`
+    makes one per core), so the state (parameters, EMA, optimiser moments) is kept once instead of once per core;
+    sampling copies only the variables it uses to the devices it splits the batch over (`place_for_sampling`)."""
+    if jax.default_backend() == "cpu" and jax.process_count() == 1:
+        return jax.make_mesh((1, 1), BATCH_AXES, devices=jax.devices()[:1], axis_types=(AxisType.Auto,) * 2)
+    return make_mesh(mesh_cfg)
+
+
 def batch_sharding(mesh) -> NamedSharding:
     """Leading (batch) axis split over data and fsdp."""
     return NamedSharding(mesh, P(BATCH_AXES))
