@@ -936,14 +936,16 @@ def _versions() -> str:
 
 def _report(args, rows, infos, notes, sizes, started: str, load: float, command: str) -> str:
     """The markdown report; `infos`: {case name: prepare()'s info with "batch" and "image_size"}."""
+    split = sorted({r["sample_devices"] for r in rows if r["framework"] == "jax" and r.get("sample_devices")})
     lines = [f"# jaxdiff vs PyTorch on {machine_slug()}", "",
              f"- command: `{command}`", f"- date: {started}; load average at start: {load:.2f}",
              f"- CPU: {machine_slug()} ({os.cpu_count()} logical cores), Python {platform.python_version()}",
              f"- versions: {_versions()}",
              f"- XLA_FLAGS: `{os.environ.get('XLA_FLAGS', '') or '(unset)'}`"
              f"{' (--quick: JAX timings not representative)' if args.quick else ''}; threads: PyTorch "
-             f"`torch.set_num_threads({args.torch_threads})`, JAX XLA's default (all {os.cpu_count()} cores; "
-             "DDIM with the batch split over one XLA CPU device per core, see Notes)",
+             f"`torch.set_num_threads({args.torch_threads})`, JAX XLA's default (all {os.cpu_count()} cores"
+             + (f"; DDIM batch split over {' / '.join(map(str, split))} XLA CPU device(s), see Notes)" if split
+                else ")"),
              f"- repeats: {sizes.repeats} (train: {sizes.train_steps} steps per repeat after the first step and "
              f"{sizes.warmup} warm-up steps; DDIM: one warm-up chain)"
              + (f"; rounds: {args.rounds} (each framework's worker run {args.rounds} times, frameworks alternating; "
