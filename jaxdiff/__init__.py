@@ -99,6 +99,7 @@ def _backends_started(what: str) -> bool:
 
 
 CPU_DEVICES_FLAG = "--xla_force_host_platform_device_count"
+_SAMPLING_CPU_DEVICES = 0  # the CPU device count `set_cpu_devices` set in this process (0: none)
 
 
 def set_cpu_devices(n: int | None = None) -> int:
@@ -111,7 +112,9 @@ def set_cpu_devices(n: int | None = None) -> int:
     Why: XLA:CPU runs each operation over all cores, and a UNet's convolutions at a few samples do not keep two
     cores busy; one device per core, each running the chain on its share of the batch, sampled the quickstart UNet
     ~1.1x and MedSegDiff-tiny ~1.2x faster on the 2-core CPU (README, "Side by side with PyTorch"). Training keeps
-    one device per process (a 2-device data-parallel train step was slower there)."""
+    one device per process (a 2-device data-parallel train step was slower there): `training.sharding.make_mesh`
+    puts the train step on the first CPU device when the others are only this function's (`sampling_cpu_devices`).
+    """
     from jaxdiff.errors import InputError
     if n is not None and n < 0:
         raise InputError(f"--cpu_devices: {n} is negative (0: one per core, 1: a single device)")
@@ -122,8 +125,16 @@ def set_cpu_devices(n: int | None = None) -> int:
             or _backends_started(f"{n} CPU devices")):
         return 0
     import jax
+    global _SAMPLING_CPU_DEVICES
     jax.config.update("jax_num_cpu_devices", n)
+    _SAMPLING_CPU_DEVICES = n
     return n
+
+
+def sampling_cpu_devices() -> int:
+    """The CPU device count `set_cpu_devices` gave this process for sampling, or 0 when it set none (the user's
+    XLA_FLAGS / JAX_NUM_CPU_DEVICES, or the default single CPU device)."""
+    return _SAMPLING_CPU_DEVICES
 
 
 ONE_SHOT_CPU_COMPILER_OPTIONS = {"xla_backend_optimization_level": 0}

@@ -2,8 +2,10 @@
 
     python -m jaxdiff.train --config configs/NAME.py [--workdir DIR] [--config.a.b=value ...]
 
-Re-running the same command resumes from the latest checkpoint in DIR. Bad input (unknown config key,
-missing data folder, corrupt file) prints one `error:` line and exits with status 2.
+On a CPU the process gets one XLA device per core (`--cpu_devices`): the train step runs on the first, in-run
+sampling and evaluation split their batches over all (`jaxdiff.set_cpu_devices`). Re-running the same command
+resumes from the latest checkpoint in DIR. Bad input (unknown config key, missing data folder, corrupt file)
+prints one `error:` line and exits with status 2.
 """
 from __future__ import annotations
 
@@ -22,6 +24,9 @@ def _flags(fv):
     flags.DEFINE_bool("distributed", False, "Join a multi-host run first (jax.distributed.initialize; auto on TPU "
                       "VMs and SLURM, else JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES, JAX_PROCESS_ID).",
                       flag_values=fv)
+    flags.DEFINE_integer("cpu_devices", None, "XLA CPU devices that in-run sampling and evaluation split their "
+                         "batches over (0 or unset: one per core; 1: one device); the train step runs on the first. "
+                         "CPU backend, single process only.", flag_values=fv)
 
 
 def main(argv=None) -> int:
@@ -31,6 +36,8 @@ def main(argv=None) -> int:
         if fv.distributed:
             from jaxdiff.training import distributed
             distributed.initialize()
+        else:
+            jaxdiff.set_cpu_devices(fv.cpu_devices)
         from jaxdiff.training import loop
         cfg_name = os.path.splitext(os.path.basename(config_lib.split_config_arg(argv)[0]))[0]
         workdir = fv.workdir or os.path.join("runs", cfg_name)

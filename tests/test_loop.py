@@ -158,6 +158,20 @@ def test_resume_equals_uninterrupted(finished, tmp_path, jax_env):
 
 
 @pytest.mark.slow
+def test_cpu_devices_train_on_the_first_and_match_one_device(finished, tmp_path, jax_env):
+    """`--cpu_devices 2` (on a CPU, the default is one device per core): the train step runs on the first device,
+    the end-of-run samples are split over both; the state is the one-device run's, bitwise, and so is what the
+    report measures of the samples (to float tolerance: the split sampler is another program)."""
+    one_dir, one_report = finished
+    workdir = tmp_path / "two_devices"
+    proc = train(workdir, "--config.train.steps=4", "--cpu_devices", "2", env=jax_env)
+    report = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert_same_state(load_state(workdir), load_state(one_dir))
+    assert report["step"] == 4
+    np.testing.assert_allclose(report["pixel_mmd"], one_report["pixel_mmd"], rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.slow
 def test_rerunning_a_finished_run_does_not_retrain(finished, jax_env):
     workdir, _ = finished
     before_state, before_metrics, before_ckpts = load_state(workdir), metrics_lines(workdir), checkpoint_steps(workdir)

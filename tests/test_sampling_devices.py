@@ -123,3 +123,26 @@ def test_medsegdiff_ensemble_split_over_devices_matches_one_device():
     one = np.asarray(outs[None]["samples"])
     assert one.std() > 0.01
     np.testing.assert_allclose(outs[4]["samples"], one, atol=1e-4)
+
+
+MESHES = """
+import json
+import jaxdiff
+jaxdiff.set_cpu_devices(2)
+import jax
+from jaxdiff.training import sharding as shd
+print(json.dumps({"train": shd.make_mesh().devices.size, "explicit": shd.make_mesh({"data": 2, "fsdp": 1}).devices.size,
+                  "sampling": shd.sampling_mesh(4).devices.size, "only": shd.sampling_only_cpu_devices()}))
+"""
+
+
+def test_train_mesh_keeps_one_of_the_sampling_cpu_devices():
+    """CPU devices made by `set_cpu_devices` for sampling: the default train mesh takes the first (one device whose
+    operations use every core), an explicit mesh.data still takes them all, sampling splits over all. Devices the
+    user asked for (XLA_FLAGS) are all used for training, as before."""
+    proc = run_python(["-c", MESHES], env_extra={"XLA_FLAGS": ""})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert json.loads(proc.stdout.strip().splitlines()[-1]) == dict(train=1, explicit=2, sampling=2, only=True)
+    proc = run_python(["-c", MESHES], devices=2)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert json.loads(proc.stdout.strip().splitlines()[-1]) == dict(train=2, explicit=2, sampling=2, only=False)

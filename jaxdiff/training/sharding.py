@@ -10,22 +10,37 @@ import jax
 import numpy as np
 from jax.sharding import AxisType, NamedSharding, PartitionSpec as P
 
+import jaxdiff
 from jaxdiff.errors import InputError
 
 BATCH_AXES = ("data", "fsdp")
 
 
 def make_mesh(mesh_cfg=None) -> jax.sharding.Mesh:
-    """Mesh of all devices with axes ("data", "fsdp"); `mesh.data = -1` takes the devices `fsdp` leaves."""
-    n = jax.device_count()
+    """Mesh of all devices with axes ("data", "fsdp"); `mesh.data = -1` takes the devices `fsdp` leaves.
+
+    Except for CPU devices that `jaxdiff.set_cpu_devices` made for sampling (`python -m jaxdiff.train` on a CPU
+    does, one per core): with the default `mesh` config the train step then runs on the first of them, whose
+    operations use every core, and in-run sampling and evaluation split their batches over all of them
+    (`place_for_sampling`); an explicit `mesh.data` / `mesh.fsdp` still counts them all."""
+    devices = jax.devices()
     fsdp = int(mesh_cfg.get("fsdp", 1)) if mesh_cfg is not None else 1
     data = int(mesh_cfg.get("data", -1)) if mesh_cfg is not None else -1
+    if (data, fsdp) == (-1, 1) and sampling_only_cpu_devices():
+        devices = devices[:1]
+    n = len(devices)
     if fsdp < 1 or n % fsdp:
         raise InputError(f"config key mesh.fsdp: {fsdp} does not divide the {n} devices")
     data = n // fsdp if data == -1 else data
     if data * fsdp != n:
         raise InputError(f"config key mesh.data: data {data} x fsdp {fsdp} != {n} devices")
-    return jax.make_mesh((data, fsdp), ("data", "fsdp"), axis_types=(AxisType.Auto, AxisType.Auto))
+    return jax.make_mesh((data, fsdp), ("data", "fsdp"), devices=devices, axis_types=(AxisType.Auto, AxisType.Auto))
+
+
+def sampling_only_cpu_devices() -> bool:
+    """True when this single process's devices are the CPU devices `jaxdiff.set_cpu_devices` made for sampling."""
+    return bool(jaxdiff.sampling_cpu_devices()) and jax.default_backend() == "cpu" and jax.process_count() == 1 \
+        and jax.device_count() == jaxdiff.sampling_cpu_devices()
 
 
 def inference_mesh(mesh_cfg=None) -> jax.sharding.Mesh:
