@@ -749,8 +749,8 @@ def _profile_markdown(case: Case, jx: dict, tc: dict) -> str:
         by_cat[(r["category"], r["phase"])] += r["us"]
     lines = [f"## JAX train step of {case.label}", "",
              f"Wall time per step under the profiler: {jx['wall_ms']:.1f} ms; summed thunk time {total / 1e3:.1f} ms "
-             f"(thunks can overlap on the {os.cpu_count()} cores). XLA cost analysis: {jx['flops'] / 1e9:.2f} GFLOP "
-             f"and {jx['bytes'] / 2 ** 20:.0f} MB accessed per step ({jx['flops'] / jx['wall_ms'] / 1e6:.1f} GFLOP/s). "
+             f"(thunks can overlap on the {os.cpu_count()} cores). XLA cost analysis (XLA's ops; jaxdiff's native CPU "
+             f"convolutions, `custom-call` rows, count none): {jx['flops'] / 1e9:.2f} GFLOP and {jx['bytes'] / 2 ** 20:.0f} MB accessed per step ({jx['flops'] / jx['wall_ms'] / 1e6:.1f} GFLOP/s). "
              "Caveat: XLA's own (non-YNNPACK) convolutions, i.e. the weight gradients, run asynchronously and their "
              "thunks record only their launch (~0.3 ms for work that takes 5-20 ms alone, `python -m benchmarks.micro "
              "--limits`), while the ops that overlap them look slower than they are.",

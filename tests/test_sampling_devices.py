@@ -122,7 +122,9 @@ def test_medsegdiff_ensemble_split_over_devices_matches_one_device():
     assert outs[4]["devices"] == 3 and outs[None]["devices"] == 1
     one = np.asarray(outs[None]["samples"])
     assert one.std() > 0.01
-    np.testing.assert_allclose(outs[4]["samples"], one, atol=1e-4)
+    # not bitwise: XLA:CPU's kernels round differently at batch 2 and 6, and the chain amplifies it (max 9.2e-5 with
+    # XLA's convolutions, 1.07e-4 with the native Winograd one, of probabilities in [0, 1])
+    np.testing.assert_allclose(outs[4]["samples"], one, atol=2e-4)
 
 
 MESHES = """

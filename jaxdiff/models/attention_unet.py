@@ -25,14 +25,14 @@ import jax.numpy as jnp
 
 from jaxdiff.errors import InputError
 from jaxdiff.models import register
-from jaxdiff.models.layers import PatchConvTranspose, max_pool2, timestep_embedding
+from jaxdiff.models.layers import Conv, PatchConvTranspose, max_pool2, timestep_embedding
 from jaxdiff.models.swin import SwinStage
 
 
 def conv(features: int, kernel: int, name: str | None = None) -> nn.Conv:
     """2D conv with bias and PyTorch "same" padding (kernel - 1) // 2."""
     p = (kernel - 1) // 2
-    return nn.Conv(features, (kernel, kernel), padding=((p, p), (p, p)), name=name)
+    return Conv(features, (kernel, kernel), padding=((p, p), (p, p)), name=name)
 
 
 class ConvBlock(nn.Module):

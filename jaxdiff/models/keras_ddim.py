@@ -24,6 +24,7 @@ import jax.numpy as jnp
 
 from jaxdiff.diffusion import schedules
 from jaxdiff.models import register
+from jaxdiff.models.layers import Conv
 
 
 def noise_embedding(variance, dim: int = 32, min_frequency: float = 1.0, max_frequency: float = 1000.0):
@@ -63,8 +64,8 @@ class KerasResidualBlock(nn.Module):
         residual = x if x.shape[-1] == self.width else nn.Conv(self.width, (1, 1), name="skip")(x)
         h = nn.BatchNorm(use_running_average=not train, use_scale=False, use_bias=False,
                          momentum=self.bn_momentum, epsilon=self.bn_epsilon, name="norm")(x)
-        h = nn.swish(nn.Conv(self.width, (3, 3), padding="SAME", name="conv1")(h))
-        h = nn.Conv(self.width, (3, 3), padding="SAME", name="conv2")(h)
+        h = nn.swish(Conv(self.width, (3, 3), padding="SAME", name="conv1")(h))
+        h = Conv(self.width, (3, 3), padding="SAME", name="conv2")(h)
         return h + residual
 
 

@@ -16,6 +16,11 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxdiff.errors import InputError
+from jaxdiff.kernels.conv import conv_general_dilated
+
+# nn.Conv whose float32 3x3 stride-1 2D convolutions run on the native Winograd kernel on the CPU backend
+# (jaxdiff.kernels.conv; every other convolution, and every GPU/TPU lowering, is lax.conv_general_dilated).
+Conv = functools.partial(nn.Conv, conv_general_dilated=conv_general_dilated)
 
 ACTIVATIONS = {"silu": nn.silu, "gelu": functools.partial(nn.gelu, approximate=False), "relu": nn.relu}
 
@@ -275,11 +280,11 @@ def max_pool2(x):
 
 def conv(features: int, ndim: int, kernel: int = 3, stride: int = 1, zero_init: bool = False,
          name: str | None = None) -> nn.Conv:
-    """A conv over the `ndim - 2` spatial axes of a (B, ..., C) input, PyTorch-style padding (kernel - 1) // 2
+    """A conv (`Conv`) over the `ndim - 2` spatial axes of a (B, ..., C) input, PyTorch-style padding (kernel - 1) // 2
     (so a stride-2 kernel-3 conv keeps PyTorch's sampling grid), optionally zero-initialised."""
     rank = ndim - 2
     kw = dict(kernel_init=nn.initializers.zeros, bias_init=nn.initializers.zeros) if zero_init else {}
-    return nn.Conv(features, (kernel,) * rank, strides=(stride,) * rank, padding=[((kernel - 1) // 2,) * 2] * rank,
+    return Conv(features, (kernel,) * rank, strides=(stride,) * rank, padding=[((kernel - 1) // 2,) * 2] * rank,
                    name=name, **kw)
 
 

@@ -41,7 +41,7 @@ import numpy as np
 from jaxdiff.errors import InputError
 from jaxdiff.models import register
 from jaxdiff.models.ffparser import FFParser
-from jaxdiff.models.layers import (Dense, DenseParams, LayerNorm, ResBlock, Upsample, dot_product_attention, matmul,
+from jaxdiff.models.layers import (Conv, Dense, DenseParams, LayerNorm, ResBlock, Upsample, dot_product_attention, matmul,
                                    timestep_embedding, tn_matmul, with_scalar)
 
 # lucidrains' LayerNorm eps in float32 (Flax's default is 1e-6).
@@ -168,7 +168,7 @@ class Resample(nn.Module):
             return nn.Conv(self.features, (1, 1))(space_to_depth(x))
         if self.mode == "up":
             return Upsample(self.features)(x)
-        return nn.Conv(self.features, (3, 3))(x)
+        return Conv(self.features, (3, 3))(x)
 
 
 class EncoderLevel(nn.Module):

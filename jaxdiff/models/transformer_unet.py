@@ -19,7 +19,7 @@ import jax.numpy as jnp
 
 from jaxdiff.errors import InputError
 from jaxdiff.models import register
-from jaxdiff.models.layers import (LayerNorm, PatchConvTranspose, SEBlock, max_pool2, timestep_embedding,
+from jaxdiff.models.layers import (Conv, LayerNorm, PatchConvTranspose, SEBlock, max_pool2, timestep_embedding,
                                    with_scalar)
 
 _LEAK = 0.2
@@ -46,10 +46,10 @@ class ConvBlock(nn.Module):
         # Each leaky ReLU's slope is tied to a conv output (materialised anyway) so that XLA does not share one
         # full-size broadcast of the constant between all blocks (see `layers.with_scalar`).
         residual, slope_out = with_scalar(nn.Conv(self.features, (1, 1), name="residual")(x), _LEAK)
-        h, slope_in = with_scalar(nn.Conv(self.features, (3, 3), padding="SAME", name="conv1")(x), _LEAK)
+        h, slope_in = with_scalar(Conv(self.features, (3, 3), padding="SAME", name="conv1")(x), _LEAK)
         h = _leaky_relu(_batch_norm(train, "bn1")(h), slope_in)
         h = nn.Dropout(self.channel_dropout, broadcast_dims=(1, 2), deterministic=not train, name="drop2d")(h)
-        h = nn.Conv(self.features, (3, 3), padding="SAME", name="conv2")(h)
+        h = Conv(self.features, (3, 3), padding="SAME", name="conv2")(h)
         h = SEBlock(self.se_reduction, name="se")(_batch_norm(train, "bn2")(h))
         return _leaky_relu(h + residual, slope_out)
 
@@ -237,5 +237,5 @@ class ErrorVAE(nn.Module):
             z = mu + jnp.exp(0.5 * logvar) * eps
         for i, f in enumerate(reversed(self.features)):
             z = nn.relu(PatchConvTranspose(f, name=f"dec{i + 1}")(z))
-        recon = nn.Conv(self.out_channels, (3, 3), padding="SAME", name="out")(z)
+        recon = Conv(self.out_channels, (3, 3), padding="SAME", name="out")(z)
         return recon, mu, logvar

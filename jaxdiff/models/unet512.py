@@ -15,7 +15,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from jaxdiff.models import register
-from jaxdiff.models.layers import PatchConvTranspose, max_pool2
+from jaxdiff.models.layers import Conv, PatchConvTranspose, max_pool2
 
 
 class ConvBNReLU2(nn.Module):
@@ -28,7 +28,7 @@ class ConvBNReLU2(nn.Module):
     @nn.compact
     def __call__(self, x, *, train: bool = False):
         for i in range(2):
-            x = nn.Conv(self.width, (3, 3), padding="SAME", name=f"conv{i + 1}")(x)
+            x = Conv(self.width, (3, 3), padding="SAME", name=f"conv{i + 1}")(x)
             x = nn.BatchNorm(use_running_average=not train, momentum=self.bn_momentum, epsilon=self.bn_epsilon,
                              name=f"bn{i + 1}")(x)
             x = nn.relu(x)
