@@ -934,6 +934,15 @@ def _versions() -> str:
     return ", ".join(f"{p} {version(p)}" for p in ("jax", "jaxlib", "flax", "optax", "torch"))
 
 
+def _kernel_status() -> str:
+    from jaxdiff import kernels
+    if not kernels.enabled():
+        return f"off (`{kernels.ENV_SWITCH}=0`): every convolution is XLA's"
+    width = kernels.vector_width()
+    return (f"on: float32 3x3 stride-1 convolutions as Winograd F(2x2, 3x3) (`jaxdiff/kernels`, {width}-float "
+            "vectors)" if width else "unavailable (no C++ compiler or a failed build): every convolution is XLA's")
+
+
 def _report(args, rows, infos, notes, sizes, started: str, load: float, command: str) -> str:
     """The markdown report; `infos`: {case name: prepare()'s info with "batch" and "image_size"}."""
     split = sorted({r["sample_devices"] for r in rows if r["framework"] == "jax" and r.get("sample_devices")})
@@ -951,7 +960,8 @@ def _report(args, rows, infos, notes, sizes, started: str, load: float, command:
              + (f"; rounds: {args.rounds} (each framework's worker run {args.rounds} times, frameworks alternating; "
                 "times are medians over all rounds' repeats, the speedup is the median of the per-round ratios "
                 "and (min-max) their range; first step and memory from round 1)" if args.rounds > 1 else ""),
-             f"- GLIBC_TUNABLES (every worker, every framework): `{glibc_tunables()}`", "",
+             f"- GLIBC_TUNABLES (every worker, every framework): `{glibc_tunables()}`",
+             f"- jaxdiff's native CPU kernels: {_kernel_status()}", "",
              markdown_table(rows, sizes), "", "Models (train batch, image size, parameters):", ""]
     for name, info in infos.items():
         own = [f"{BASELINES[r['framework']]} {r['params']:,}" for r in rows

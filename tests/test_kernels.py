@@ -2,6 +2,8 @@
 where eligible, batch-parallel under SPMD, absent from GPU lowerings, and a clean fallback when it cannot be built."""
 from __future__ import annotations
 
+import ctypes
+import platform
 import shutil
 import textwrap
 
@@ -165,3 +167,22 @@ def test_batch_sharded_call_runs_per_device():
     """)
     proc = run_python(["-c", script], devices=2)
     assert proc.returncode == 0 and "ok" in proc.stdout, proc.stderr[-3000:]
+
+
+@needs_compiler
+@pytest.mark.skipif(platform.machine() not in ("x86_64", "AMD64"), reason="x86 instruction sets")
+@pytest.mark.parametrize("arch", [("-mavx2", "-mfma"), ()], ids=["avx2", "generic"])
+def test_other_instruction_sets_give_the_same_convolution(arch, tmp_path, monkeypatch):
+    """The AVX2 build (what an AVX2-only CPU gets from -march=native) and the portable one (GCC vector extensions,
+    as on Arm), built here under their own FFI target names and called directly."""
+    if arch and "avx2" not in kernels._cpu_flags():
+        pytest.skip("this CPU has no AVX2")
+    monkeypatch.setenv("JAXDIFF_KERNEL_CACHE", str(tmp_path))
+    lib = ctypes.cdll.LoadLibrary(str(kernels._build(kernels._compiler(), [list(arch)])))
+    assert lib.jaxdiff_vector_width() == 8
+    target = f"jaxdiff_winograd3x3_test_{'_'.join(a.strip('-') for a in arch) or 'generic'}"
+    jax.ffi.register_ffi_target(target, jax.ffi.pycapsule(lib.Winograd3x3), platform="cpu")
+    for shape, out in [((2, 6, 10, 8), 24), ((1, 16, 16, 40), 8)]:  # odd numbers of 8-float vectors too
+        x, w = _arrays(shape, out)
+        call = jax.ffi.ffi_call(target, jax.ShapeDtypeStruct((*shape[:-1], out), jnp.float32))
+        assert _rel(jax.jit(call)(x, kconv.winograd_weights(w)), _lax(x, w)) < 1e-5

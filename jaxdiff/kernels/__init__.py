@@ -73,19 +73,20 @@ def cache_dir() -> Path:
     return Path(os.environ.get("JAXDIFF_KERNEL_CACHE") or Path.home() / ".cache" / "jaxdiff" / "kernels")
 
 
-def _build(cxx: str) -> Path:
-    """Compile SOURCE into the cache (atomically: concurrent test workers may build at once); returns the .so."""
+def _build(cxx: str, arch_options=ARCH_FLAGS) -> Path:
+    """Compile SOURCE into the cache with the first of `arch_options` the compiler accepts (atomically: concurrent
+    test workers may build at once); returns the .so."""
     import jaxlib
 
     src = SOURCE.read_bytes()
     key = hashlib.sha256(b"\0".join([src, jaxlib.__version__.encode(), cxx.encode(), platform.machine().encode(),
-                                     _cpu_flags().encode()])).hexdigest()[:16]
+                                     _cpu_flags().encode(), repr(arch_options).encode()])).hexdigest()[:16]
     out = cache_dir() / f"winograd3x3-{key}.so"
     if out.exists():
         return out
     out.parent.mkdir(parents=True, exist_ok=True)
     errors = []
-    for arch in ARCH_FLAGS:
+    for arch in arch_options:
         fd, tmp = tempfile.mkstemp(suffix=".so", dir=out.parent)
         os.close(fd)
         cmd = [cxx, "-O3", "-std=c++17", "-fPIC", "-shared", *arch, f"-I{jax.ffi.include_dir()}", str(SOURCE),
