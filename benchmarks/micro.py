@@ -6,7 +6,8 @@ replaces, same inputs, same outputs (checked), median wall time of jitted calls 
 
 Rows: `tn_matmul` (a^T b) vs `einsum("...km,...kn->...mn")` at the shapes of attention's dV / dK and of Dense kernel
 gradients in the benchmark models; `max_pool2` vs `nn.max_pool`, forward + backward; `PatchConvTranspose` vs
-`nn.ConvTranspose`, forward + backward. Then two alternatives that were tried and rejected, in the "jaxdiff ms"
+`nn.ConvTranspose`, forward + backward; the native Winograd 3x3 convolution (`jaxdiff.kernels`, on the CPU backend)
+vs XLA's, forward and forward + backward. Then two alternatives that were tried and rejected, in the "jaxdiff ms"
 column: Winograd F(2x2, 3x3) convolutions written in JAX against XLA's convolution, and a flash-style attention
 backward (probabilities recomputed from the log-sum-exp) against `dot_product_attention`'s (probabilities saved).
 """
@@ -22,6 +23,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxdiff.kernels import conv as kernel_conv
 from jaxdiff.models import layers
 
 TN_SHAPES = [  # (a, b, where it occurs)
@@ -30,6 +32,18 @@ TN_SHAPES = [  # (a, b, where it occurs)
     ((16384, 128), (16384, 16), "Dense kernel gradient x^T g, wide input"),
     ((16384, 16), (16384, 384), "Dense kernel gradient x^T g, wide output"),
 ]
+
+
+NATIVE_CONV_SHAPES = (((2, 64, 64, 32), 32), ((4, 32, 32, 64), 64), ((8, 64, 64, 96), 32))  # DDIM per device; train
+NHWC = ("NHWC", "HWIO", "NHWC")
+
+
+def xla_conv3x3(x, w):
+    return jax.lax.conv_general_dilated(x, w, (1, 1), ((1, 1), (1, 1)), dimension_numbers=NHWC)
+
+
+def native_conv3x3(x, w):
+    return kernel_conv.conv_general_dilated(x, w, (1, 1), ((1, 1), (1, 1)), dimension_numbers=NHWC)
 
 
 def _median_call_ms(call, repeats: int) -> float:
@@ -64,6 +78,14 @@ def rows():
     np.testing.assert_array_equal(grad_of(plain_pool)(x), grad_of(layers.max_pool2)(x))
     yield ("2x2 max pool, value and gradient, x (16, 64, 64, 8)", median_ms(grad_of(plain_pool), x),
            median_ms(grad_of(layers.max_pool2), x))
+    conv_grad = lambda f: jax.grad(lambda x, w: jnp.sum(jnp.sin(f(x, w))), argnums=(0, 1))  # noqa: E731
+    for shape, k in NATIVE_CONV_SHAPES:
+        x, w = jax.random.normal(next(key), shape), jax.random.normal(next(key), (3, 3, shape[-1], k)) * 0.05
+        np.testing.assert_allclose(native_conv3x3(x, w), xla_conv3x3(x, w), rtol=1e-4, atol=1e-4)
+        yield (f"3x3 conv, native Winograd, forward, x {shape} -> {k}", median_ms(xla_conv3x3, x, w),
+               median_ms(native_conv3x3, x, w))
+        yield (f"3x3 conv, native Winograd, value and gradients, x {shape} -> {k}",
+               median_ms(conv_grad(xla_conv3x3), x, w), median_ms(conv_grad(native_conv3x3), x, w))
 
 
 _BT = np.array([[1, 0, -1, 0], [0, 1, 1, 0], [0, -1, 1, 0], [0, 1, 0, -1]], np.float32)
@@ -117,8 +139,7 @@ def alternatives():
     np.testing.assert_allclose(new.apply(params, x), ref.apply(params, x), rtol=1e-5, atol=1e-5)
     yield ("2x2 stride-2 transposed conv (S0 up4), value and gradients, x (16, 32, 32, 16) -> 32",
            median_ms(grad_of(ref.apply), params, x), median_ms(grad_of(new.apply), params, x))
-    conv = lambda x, w: jax.lax.conv_general_dilated(x, w, (1, 1), "SAME",  # noqa: E731
-                                                     dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    conv = xla_conv3x3
     for shape, k in (((4, 64, 64, 32), 32), ((4, 32, 32, 64), 64)):  # unet2d's DDIM batch, levels 1 and 2
         x, w = jax.random.normal(next(key), shape), jax.random.normal(next(key), (3, 3, shape[-1], k)) * 0.05
         np.testing.assert_allclose(winograd_conv3x3(x, w), conv(x, w), rtol=1e-4, atol=1e-4)

@@ -31,8 +31,6 @@ SOURCE = Path(__file__).with_name("winograd3x3.cc")
 TARGET = "jaxdiff_winograd3x3"  # the FFI target name the CPU lowering calls
 ENV_SWITCH = "JAXDIFF_CPU_KERNELS"
 ARCH_FLAGS = (["-march=native"], ["-mcpu=native"], [])
-
-
 _OFF = []  # nesting of `disabled()`
 
 
@@ -53,12 +51,10 @@ def disabled():
 
 def _cpu_flags() -> str:
     """The CPU's feature flags (x86 'flags' / Arm 'Features' in /proc/cpuinfo), or the processor name."""
-    try:
+    with contextlib.suppress(OSError):
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.split(":")[0].strip() in ("flags", "Features"):
                 return line
-    except OSError:
-        pass
     return platform.processor()
 
 

@@ -23,8 +23,6 @@ from jaxdiff import kernels
 # Winograd F(2x2, 3x3) kernel transform G (4x3): U = G w G^T per (input, output) channel pair.
 WINOGRAD_G = np.array([[1.0, 0.0, 0.0], [0.5, 0.5, 0.5], [0.5, -0.5, 0.5], [0.0, 0.0, 1.0]], np.float32)
 _NHWC = ("NHWC", "HWIO", "NHWC")
-
-
 WINOGRAD_GG = np.kron(WINOGRAD_G, WINOGRAD_G)  # (16, 9): vec(G w G^T) = (G kron G) vec(w) per channel pair
 
 
