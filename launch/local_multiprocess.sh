@@ -93,7 +93,7 @@ while ((RUNNING > 0)); do
       FAILED+=("$i") STOPPED=1
       stop_all
     fi
-    PIDS[$i]="" RUNNING=$((RUNNING - 1))
+    PIDS[i]="" RUNNING=$((RUNNING - 1))
   done
 done
 
