@@ -17,6 +17,7 @@ import numpy as np
 
 from jaxdiff.errors import InputError
 from jaxdiff.kernels.conv import conv_general_dilated
+from jaxdiff.models import attention_kernels
 
 # nn.Conv whose float32 3x3 stride-1 2D convolutions run on the native Winograd kernel on the CPU backend
 # (jaxdiff.kernels.conv; every other convolution, and every GPU/TPU lowering, is lax.conv_general_dilated).
@@ -377,12 +378,17 @@ class ResBlock(nn.Module):
 def dot_product_attention(q, k, v):
     """softmax(q k^T / sqrt(d)) v: q (B, N, heads, d), k and v (B, M, heads, d) -> (B, N, heads, d).
 
-    On GPU `jax.nn.dot_product_attention` (cuDNN flash attention when dtype and head size allow). On the other
-    backends `_attention`: heads-major matmuls and a hand-written backward pass from the saved probabilities
-    (XLA's differentiation of the library's softmax took 2-3x longer on the CPU, see benchmarks/README.md).
+    The kernel is chosen when the program is lowered (`attention_kernels.attention`): on TPU the Pallas flash
+    attention, on NVIDIA GPUs cuDNN flash attention, where shapes and dtypes allow (else an XLA form); on CPU
+    `xla_attention`.
     """
-    if jax.default_backend() == "gpu":
-        return jax.nn.dot_product_attention(q, k, v, implementation=None)
+    return attention_kernels.attention(q, k, v, xla_attention)
+
+
+def xla_attention(q, k, v):
+    """`_attention` for (B, N, heads, d) operands: heads-major matmuls and a hand-written backward pass from the
+    saved probabilities (XLA's differentiation of the library's softmax took 2-3x longer on the CPU, see
+    benchmarks/README.md). The CPU form, and the TPU form where the flash kernel does not apply."""
     heads_major = lambda a: a.swapaxes(1, 2)  # noqa: E731  (B, N, h, d) <-> (B, h, N, d)
     return heads_major(_attention(heads_major(q), heads_major(k), heads_major(v)))
 
@@ -528,13 +534,14 @@ def chunked_attention(q, k, v, chunk: int = 0):
 class Attention(nn.Module):
     """Multi-head self-attention over all spatial positions (2D or 3D), residual: x + proj(attn(qkv(GN(x)))).
 
-    Uses `dot_product_attention` (cuDNN flash attention on GPU when dtype and head size allow, a hand-written
-    backward pass elsewhere). Heads: C // head_channels when head_channels > 0, else num_heads. Parameters: GN 2C,
-    qkv C*3C + 3C, proj C*C + C (proj zero-initialised when `zero_init`, so the block starts as identity).
+    Uses `dot_product_attention` (Pallas flash attention on TPU, cuDNN's on GPU, where shapes and dtypes allow;
+    a hand-written backward pass on CPU). Heads: C // head_channels when head_channels > 0, else num_heads.
+    Parameters: GN 2C, qkv C*3C + 3C, proj C*C + C (proj zero-initialised when `zero_init`, so the block starts
+    as identity).
 
-    `query_chunk` > 0 (memory-efficient attention for XLA backends without a flash kernel, e.g. 3D patches on
-    CPU/TPU): queries are processed in chunks of that many positions in a `lax.map` whose body is
-    rematerialised, so neither pass holds more than chunk x N scores. Same result as the unchunked call.
+    `query_chunk` > 0 (memory-efficient attention where no flash kernel applies, e.g. 3D patches on CPU):
+    queries are processed in chunks of that many positions in a `lax.map` whose body is rematerialised, so
+    neither pass holds more than chunk x N scores. Same result as the unchunked call.
 
     Call: x (B, ..., C) -> (B, ..., C).
     """
