@@ -1,7 +1,10 @@
 """Seed S3 cascade, stage 2 (SR1): 64x64 -> 128x128 super-resolution DDPM, conditioned on the bilinear x2
 upsample of the low-res image; UNet without SAGAN and gates, Swin bottleneck at 16x16. T = 1000.
 Noise-conditioning augmentation is off as in the seed; turn it on with
---config.diffusion.low_res_noise=0.2 --config.model.aug_level=True.
+--config.diffusion.low_res_noise=0.2 --config.model.aug_level=True. The seed's parametrisation is kept here
+(eps-prediction of the high-res image); the tiny configs diffuse the residual to the bilinear upsample with
+x0-prediction instead (--config.diffusion.residual=True --config.diffusion.prediction=x0; see
+configs/cascade_sr1_tiny.py for why).
 
 Run:   python -m jaxdiff.train --config configs/cascade_sr1.py --workdir runs/cascade_sr1
        (without Swin: --config.model.swin=False)
@@ -18,6 +21,7 @@ def get_config(image_size: int = 128, low_res_size: int = 64, num_timesteps: int
     c = cascade_base64.get_config()
     c.task = "super_resolution"
     c.model.update(dict(sagan=False, gates=False, low_res=True))
-    c.diffusion.update(dict(num_timesteps=num_timesteps, low_res_noise=0.0, low_res_noise_sample=0.0))
+    c.diffusion.update(dict(num_timesteps=num_timesteps, low_res_noise=0.0, low_res_noise_sample=0.0,
+                             residual=False))
     c.data.update(dict(image_size=image_size, low_res_size=low_res_size))
     return c

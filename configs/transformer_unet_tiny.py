@@ -14,7 +14,7 @@ def get_config():
                        clahe=True, augment=True))
     c.train.update(dict(steps=400, batch_size=16, lr=1e-3, log_every=20, ckpt_every=200))
     c.loss.dice_weight = 1.0
-    c.eval.num_examples = 64
+    c.eval.num_cases = None               # every whole case of the split, scored in 3D
     # XLA:CPU only: at 8-16 channels YNNPACK's elementwise fusions are slower than XLA's own loop fusions (train
     # step 141-170 -> 105-117 ms on the 2-core CPU, `python -m benchmarks.run --cases s0_tiny --frameworks jax`
     # with XLA_FLAGS=--xla_cpu_experimental_ynn_fusion_type=... ; the wide models gain from them).

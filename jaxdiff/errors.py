@@ -18,6 +18,14 @@ class InputError(Exception):
         super().__init__(" ".join(str(message).split()))
 
 
+class DataCheckError(InputError):
+    """Bad files found by the data check (`jaxdiff.data.check`): a summary line, then one line per problem."""
+
+    def __init__(self, summary: str, problems):
+        self.problems = [" ".join(str(p).split()) for p in problems]
+        Exception.__init__(self, "\n".join([" ".join(str(summary).split())] + [f"  {p}" for p in self.problems]))
+
+
 @contextlib.contextmanager
 def cli_errors():
     """Turn `InputError` (and config-flag errors) into `error: ...` on stderr and exit status 2."""

@@ -7,6 +7,10 @@ Writes PNG for 2D and NIfTI (with the source affine) for 3D; prints the written 
 a base generator and super-resolution stages from their work directories (`jaxdiff.cascade`), each stage one
 scan with its own step count, and writes every stage's images. The batch is split over the devices (data
 parallel; on a CPU one XLA device per core unless --cpu_devices says otherwise, see `jaxdiff.set_cpu_devices`).
+
+It draws from generative runs (tasks generation and super_resolution). A segmentation or classification work
+directory is refused with one `error:` line naming what to run instead (`python -m jaxdiff.evaluate`), before
+anything is restored.
 """
 from __future__ import annotations
 
@@ -33,12 +37,44 @@ def _flags(fv):
                          "1: one device whose operations use every core). CPU backend only.", flag_values=fv)
 
 
+SEGMENTATION_TASKS = ("segmentation", "segmentation_diffusion", "promptable_segmentation")
+
+
+def check_task(workdir: str) -> None:
+    """InputError (one line saying what to run instead) when the run in `workdir` is of a task that draws no
+    samples; read from its config.json only (nothing is built). An unreadable config.json passes:
+    `load_for_inference` reports it."""
+    from jaxdiff import tasks
+    try:
+        task = str(config_lib.from_json_file(os.path.join(workdir, "config.json")).get("task", ""))
+    except InputError:
+        return
+    if task not in tasks.TASKS:
+        return  # tasks.build names the unknown task
+    module, cls = tasks.TASKS[task].split(":")
+    import importlib
+    if hasattr(getattr(importlib.import_module(module), cls), "sample_to_files"):
+        return
+    kind = "segmentation" if task in SEGMENTATION_TASKS else task
+    scores = (f"its end-of-run scores on the val split are in {os.path.join(workdir, 'report.json')}"
+              if task == "promptable_segmentation" else
+              f"score it with python -m jaxdiff.evaluate --workdir {workdir}")
+    planned = (f"; segment your own scans with python -m jaxdiff.predict --workdir {workdir} --input PATH "
+               f"--output DIR" if task in ("segmentation", "segmentation_diffusion", "classification") else "")
+    raise InputError(f"{workdir} is a {kind} run (task {task}); sample draws images from generative models: "
+                     f"{scores}{planned}")
+
+
 def main(argv=None) -> int:
     argv = list(sys.argv if argv is None else argv)
     with cli_errors():
         _, fv = config_lib.parse(argv, _flags, require_config=False)
         if (fv.workdir is None) == (fv.cascade is None):
             raise InputError("give exactly one of --workdir DIR or --cascade W_BASE,W_SR1,...")
+        if fv.workdir is not None:
+            check_task(fv.workdir)
+        if fv.out:
+            config_lib.check_output_dir(fv.out, "--out")
         jaxdiff.set_cpu_devices(fv.cpu_devices)
         if fv.cascade is not None:
             from jaxdiff import cascade

@@ -1,12 +1,15 @@
 """Parameter table of an experiment's model, without allocating it.
 
     python -m jaxdiff.summary --config configs/NAME.py [--depth 2] [--flops] [--memory]
+    python -m jaxdiff.summary --config configs/NAME.py --keys     (the config's keys and values; nothing is built)
 
 Prints a per-module parameter table and, as its last line, `params: N` (exact trainable parameters).
 `--flops` adds the multiply-adds of one forward pass per example (XLA cost analysis); `--memory` the
 compiled peak memory of one train step at the configured batch size and example (3D: patch) shape (XLA memory
 analysis of the compiled step, never run), for a model with a `remat` option once with and once without
-gradient checkpointing.
+gradient checkpointing. `--keys` lists every key of the config (after the `--config.a.b=value` overrides) with
+its value, then the keys the file leaves out that the data source, task or model reads, each settable with
+`--config.KEY=VALUE`; `--config` may also name a work directory's config.json.
 """
 from __future__ import annotations
 
@@ -25,6 +28,8 @@ def _flags(fv):
     flags.DEFINE_integer("depth", 1, "Module nesting depth of the table.", flag_values=fv)
     flags.DEFINE_bool("flops", False, "Also print forward multiply-adds per example.", flag_values=fv)
     flags.DEFINE_bool("memory", False, "Also print the compiled train-step peak memory.", flag_values=fv)
+    flags.DEFINE_bool("keys", False, "Only list the config's keys and values (and the optional keys it leaves out).",
+                      flag_values=fv)
 
 
 def count(tree) -> int:
@@ -108,6 +113,9 @@ def main(argv=None) -> int:
     argv = list(sys.argv if argv is None else argv)
     with cli_errors():
         config, fv = config_lib.parse(argv, _flags)
+        if fv.keys:
+            print("\n".join(config_lib.key_lines(config)))
+            return 0
         if fv.memory and _MEMORY_XLA_FLAG not in os.environ.get("XLA_FLAGS", ""):
             os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {_MEMORY_XLA_FLAG}".strip()
         from jaxdiff import tasks

@@ -14,6 +14,11 @@ os.environ.setdefault("JAXDIFF_XLA_CPU_DEFAULTS", "0")
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
+# Training, sample and evaluate turn on JAX's persistent compilation cache (`jaxdiff.enable_compilation_cache`): in
+# the tests (and the processes they start) it lives in pytest's cache folder instead of the user's ~/.cache, so a
+# suite run reuses the programs that earlier runs of the same tiny models compiled, and leaves the home folder alone.
+os.environ.setdefault("JAXDIFF_COMPILATION_CACHE", os.path.join(REPO, ".pytest_cache", "d", "jaxdiff_xla"))
+
 # The longest modules (minutes each on a 2-core machine, from `pytest --durations`) are collected first, so that
 # `-n 2 --dist loadscope` starts them at once and the short modules fill the other worker, instead of one worker
 # running the last long module alone at the end. the `long` tests are not in CI's run.

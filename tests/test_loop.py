@@ -10,6 +10,8 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
+import struct
 import subprocess
 import sys
 
@@ -40,8 +42,10 @@ def jax_env(request) -> dict:
 
 
 def train_args(workdir, *overrides) -> list[str]:
-    """`-m jaxdiff.train` arguments of the tiny quickstart run in `workdir` (later overrides win)."""
-    return ["-m", "jaxdiff.train", "--config", QUICKSTART, "--workdir", str(workdir), "--quiet", *TINY, *overrides]
+    """`-m jaxdiff.train` arguments of the tiny quickstart run in `workdir` (later overrides win); `--json`: the
+    report is printed as one JSON line, read by the tests."""
+    return ["-m", "jaxdiff.train", "--config", QUICKSTART, "--workdir", str(workdir), "--quiet", "--json", *TINY,
+            *overrides]
 
 
 def train(workdir, *overrides, env: dict, devices: int | None = None) -> subprocess.CompletedProcess:
@@ -70,6 +74,11 @@ def metrics_lines(workdir) -> list[dict]:
 
     with open(path) as f:
         return [json.loads(line, parse_constant=reject) for line in f if line.strip()]
+
+
+def run_report(workdir) -> dict:
+    """The end-of-run report of the last train command in `workdir` (its report.json)."""
+    return json.loads((workdir / "report.json").read_text())
 
 
 def checkpoint_steps(workdir) -> list[int]:
@@ -119,8 +128,8 @@ def assert_is_png(path, min_side: int = 16):
 def finished(tmp_path_factory, jax_env):
     """A finished 4-step run: (workdir, the train command's stdout report)."""
     workdir = tmp_path_factory.mktemp("loop") / "run"
-    proc = train(workdir, "--config.train.steps=4", env=jax_env)
-    return workdir, json.loads(proc.stdout.strip().splitlines()[-1])
+    train(workdir, "--config.train.steps=4", env=jax_env)
+    return workdir, run_report(workdir)
 
 
 @pytest.mark.slow
@@ -157,6 +166,58 @@ def test_resume_equals_uninterrupted(finished, tmp_path, jax_env):
     assert moved, "steps 3 and 4 should change the parameters"
 
 
+def tensorboard_events(logdir) -> list:
+    """The tensorboardX `Event` protos of every event file in `logdir`, files in name (= creation time) order; a
+    minimal TFRecord reader (length, its CRC, the record, its CRC; CRCs not checked): TensorBoard is not installed."""
+    from tensorboardX.proto import event_pb2
+    events = []
+    for name in sorted(n for n in os.listdir(logdir) if n.startswith("events.out.tfevents")):
+        data, i = (logdir / name).read_bytes(), 0
+        while i + 12 <= len(data):
+            (n,) = struct.unpack("<Q", data[i:i + 8])
+            event = event_pb2.Event()
+            event.ParseFromString(data[i + 12:i + 12 + n])
+            events.append(event)
+            i += 12 + n + 4
+    return events
+
+
+def tensorboard_scalar_steps(logdir, tag: str) -> tuple[list[int], list[int]]:
+    """(steps of `tag` as written, steps as TensorBoard shows them): its event loader, on a SessionLog START event
+    (tensorboardX's `purge_step` marker) at step s, drops the events of steps >= s read before it."""
+    from tensorboardX.proto import event_pb2
+    written, shown = [], []
+    for event in tensorboard_events(logdir):
+        if event.HasField("session_log") and event.session_log.status == event_pb2.SessionLog.START:
+            shown = [s for s in shown if s < event.step]
+        if any(v.tag == tag for v in event.summary.value):
+            written.append(event.step)
+            shown.append(event.step)
+    return written, shown
+
+
+@pytest.mark.slow
+def test_resume_after_a_kill_logs_each_step_once(finished, tmp_path, jax_env):
+    """A run killed at step 4 after its checkpoint at step 2 (made here from a finished 4-step run: checkpoint 4
+    removed, a half-written row of step 5 appended) logged steps 3 and 4 already; the resumed run repeats them, and
+    metrics.jsonl and TensorBoard (with its purge rule) then hold each step once, with the resumed values, which are
+    the uninterrupted run's."""
+    workdir = tmp_path / "killed"
+    train(workdir, "--config.train.steps=4", "--config.train.ckpt_every=2", env=jax_env)
+    assert checkpoint_steps(workdir) == [2, 4]
+    shutil.rmtree(workdir / "checkpoints" / "4")
+    with open(workdir / "metrics.jsonl", "a") as f:
+        f.write('{"step": 5, "lo')
+    train(workdir, "--config.train.steps=4", env=jax_env)
+    lines = metrics_lines(workdir)
+    assert [m["step"] for m in lines] == [1, 2, 3, 4]
+    uninterrupted = metrics_lines(finished[0])
+    assert [m["loss"] for m in lines] == [m["loss"] for m in uninterrupted]
+    written, shown = tensorboard_scalar_steps(workdir / "tensorboard", "train/loss")
+    assert written == [1, 2, 3, 4, 3, 4]  # the killed run's steps 3 and 4 stay in its file ...
+    assert shown == [1, 2, 3, 4]          # ... behind the resumed run's purge marker at step 3
+
+
 @pytest.mark.slow
 def test_cpu_devices_train_on_the_first_and_match_one_device(finished, tmp_path, jax_env):
     """`--cpu_devices 2` (on a CPU, the default is one device per core): the train step runs on the first device,
@@ -164,8 +225,8 @@ def test_cpu_devices_train_on_the_first_and_match_one_device(finished, tmp_path,
     report measures of the samples (to float tolerance: the split sampler is another program)."""
     one_dir, one_report = finished
     workdir = tmp_path / "two_devices"
-    proc = train(workdir, "--config.train.steps=4", "--cpu_devices", "2", env=jax_env)
-    report = json.loads(proc.stdout.strip().splitlines()[-1])
+    train(workdir, "--config.train.steps=4", "--cpu_devices", "2", env=jax_env)
+    report = run_report(workdir)
     assert_same_state(load_state(workdir), load_state(one_dir))
     assert report["step"] == 4
     np.testing.assert_allclose(report["pixel_mmd"], one_report["pixel_mmd"], rtol=1e-4, atol=1e-6)
@@ -175,8 +236,8 @@ def test_cpu_devices_train_on_the_first_and_match_one_device(finished, tmp_path,
 def test_rerunning_a_finished_run_does_not_retrain(finished, jax_env):
     workdir, _ = finished
     before_state, before_metrics, before_ckpts = load_state(workdir), metrics_lines(workdir), checkpoint_steps(workdir)
-    proc = train(workdir, "--config.train.steps=4", env=jax_env)
-    report = json.loads(proc.stdout.strip().splitlines()[-1])
+    train(workdir, "--config.train.steps=4", env=jax_env)
+    report = run_report(workdir)
     assert report["step"] == 4 and "first_step_s" not in report       # no step ran
     assert metrics_lines(workdir) == before_metrics
     assert checkpoint_steps(workdir) == before_ckpts
@@ -225,7 +286,12 @@ def test_cli_errors_are_one_line_and_leave_workdir_untouched(case, finished, tmp
                      "--config.train.steps=6"]
     before = tree_hashes(workdir)
     proc = run_python(train_args(workdir, *overrides), env_extra=jax_env)
-    _assert_one_line_error(proc, names)
+    if case == "corrupt_nifti":  # the data check lists every bad file, one line each, under one error line
+        lines = proc.stderr.strip().splitlines()
+        assert proc.returncode == 2 and lines[0].startswith("error: data check:"), proc.stderr[-3000:]
+        assert len(lines) == 1 + len(names) and all(any(n in line for line in lines[1:]) for n in names), lines
+    else:
+        _assert_one_line_error(proc, names)
     assert tree_hashes(workdir) == before
 
 

@@ -53,14 +53,17 @@ def test_missing_mask_and_folder_errors(tmp_path):
 
 
 def test_segmentation_task_trains_on_a_mask_folder(tmp_path):
-    """transformer_unet_tiny with data.source=mask_folder: the pipeline batch feeds the task's loss."""
+    """transformer_unet_tiny with data.source=mask_folder: the pipeline batch feeds the task's loss, and 8
+    gradient steps of the config's optimiser on that fixed batch lower it (dropout off: a deterministic loss)."""
+    import optax
+    from jaxdiff.training.state import make_optimizer
     from configs import transformer_unet_tiny
     from jaxdiff import tasks
     from jaxdiff.data import pipeline
     root = _make_folder(tmp_path / "pseudo", n=8)
     config = transformer_unet_tiny.get_config()
     config.data.update(dict(source="mask_folder", root=str(root), image_size=16, seed=0))
-    config.model.update(dict(widths=(4, 4, 4, 4, 4), num_heads=2, ff_dim=8))
+    config.model.update(dict(widths=(4, 4, 4), num_layers=1, num_heads=2, ff_dim=8))
     source = pipeline.get_source(config.data, "train")
     batch = next(iter(pipeline.make_dataset(source, batch_size=2, transform=pipeline.train_transform(config.data))))
     assert batch["image"].shape == (2, 16, 16, 1) and batch["mask"].shape == (2, 16, 16, 1)
@@ -69,6 +72,21 @@ def test_segmentation_task_trains_on_a_mask_folder(tmp_path):
     rng = np.random.default_rng(0)
     variables = jax.tree.map(lambda a: rng.uniform(0.02, 0.1, a.shape).astype(a.dtype), abstract)   # var > 0
     params, state = variables["params"], {k: v for k, v in variables.items() if k != "params"}
-    loss, (metrics, _) = jax.jit(lambda p, s, b: task.loss(p, s, b, jax.random.PRNGKey(1), train=False))(
-        params, state, batch)
+    loss_and_grad = jax.jit(jax.value_and_grad(
+        lambda p, s, b: task.loss(p, s, b, jax.random.PRNGKey(1), train=False), has_aux=True))
+    (loss, (metrics, _)), grads = loss_and_grad(params, state, batch)
     assert np.isfinite(float(loss)) and float(loss) > 0 and "seg_loss" in metrics
+    config.train.update(dict(steps=8, lr=1e-2, warmup_steps=0, lr_schedule="constant"))
+    tx = make_optimizer(config.train)
+
+    @jax.jit
+    def update(grads, opt_state, params):
+        updates, opt_state = tx.update(grads, opt_state, params)
+        return optax.apply_updates(params, updates), opt_state
+
+    opt_state, losses = tx.init(params), [float(loss)]
+    for _ in range(8):
+        params, opt_state = update(grads, opt_state, params)
+        (loss, _), grads = loss_and_grad(params, state, batch)
+        losses.append(float(loss))
+    assert np.all(np.isfinite(losses)) and losses[-1] < 0.7 * losses[0], losses

@@ -182,13 +182,43 @@ def test_ffparser_dc_only_gives_spatial_mean(faithful):
     np.testing.assert_allclose(out, jnp.broadcast_to(x.mean(axis=(1, 2), keepdims=True), x.shape), atol=1e-5)
 
 
-def test_ffparser_bf16_computes_in_float32():
-    x = jax.random.normal(jax.random.PRNGKey(3), (1, 8, 8, 4))
-    module = FFParser()
-    variables = module.init(jax.random.PRNGKey(0), x)
-    out = module.apply(cast_floating(variables, jnp.bfloat16), x.astype(jnp.bfloat16))
+def _eqns(jaxpr):
+    """Every equation of `jaxpr` and of the jaxprs nested in its equations' parameters (jit, custom rules)."""
+    for eqn in jaxpr.eqns:
+        yield eqn
+        for value in eqn.params.values():
+            for sub in value if isinstance(value, (tuple, list)) else (value,):
+                inner = getattr(sub, "jaxpr", sub)
+                if hasattr(inner, "eqns"):
+                    yield from _eqns(inner)
+
+
+@pytest.mark.parametrize("faithful", [False, True])
+def test_ffparser_bf16_computes_in_float32(faithful):
+    x = jax.random.normal(jax.random.PRNGKey(3), (2, 8, 6, 4)).astype(jnp.bfloat16)
+    module = FFParser(faithful)
+    variables = module.init(jax.random.PRNGKey(0), x.astype(jnp.float32))
+    noise = jax.random.normal(jax.random.PRNGKey(1), jax.tree.leaves(variables)[0].shape)
+    variables = cast_floating(jax.tree.map(lambda w: w + 0.5 * noise, variables), jnp.bfloat16)  # not identity
+    apply = jax.jit(module.apply)
+    out = apply(variables, x)
     assert out.dtype == jnp.bfloat16
-    np.testing.assert_allclose(out.astype(jnp.float32), x.astype(jnp.bfloat16).astype(jnp.float32), atol=2e-2)
+    # bf16 only in the casts at the edges: every FFT, product and scaling runs in float32 / complex64
+    jaxpr = jax.make_jaxpr(module.apply)(variables, x).jaxpr
+    inner = [e for e in _eqns(jaxpr) if e.primitive.name not in ("convert_element_type", "pjit", "jit")]
+    assert any(e.primitive.name == "fft" for e in inner)
+    for e in inner:
+        assert all(getattr(v.aval, "dtype", None) != jnp.bfloat16 for v in (*e.invars, *e.outvars)), e
+    # float64 NumPy reference on the same bf16 inputs: the result is it rounded once to bf16 (half an ulp,
+    # 2^-8 relative); rounding the spectrum or the product to bf16 on the way misses this on ~half the pixels
+    xn = np.asarray(x.astype(jnp.float32), np.float64)
+    w = np.asarray(jax.tree.leaves(variables)[0].astype(jnp.float32), np.float64)
+    if faithful:
+        ref = np.fft.ifft2(np.fft.fft2(xn, axes=(1, 2)) * w.transpose(1, 2, 0), axes=(1, 2)).real
+    else:
+        ref = np.fft.irfft2(np.fft.rfft2(xn, axes=(1, 2), norm="ortho") * (w[..., 0] + 1j * w[..., 1]),
+                            s=xn.shape[1:3], axes=(1, 2), norm="ortho")
+    np.testing.assert_allclose(np.asarray(out.astype(jnp.float32)), ref, rtol=2.0 ** -8 * 1.01, atol=1e-5)
 
 
 @pytest.mark.parametrize("channels", [6, 20])

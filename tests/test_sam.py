@@ -12,6 +12,7 @@ import pytest
 from PIL import Image
 
 from jaxdiff import sam as sam_cli
+from jaxdiff.errors import InputError
 from jaxdiff.models.sam import model as sam_model, port
 
 TINY = dict(vision_config=dict(hidden_size=32, output_channels=16, num_hidden_layers=2, num_attention_heads=2,
@@ -97,6 +98,65 @@ def test_official_layout_maps_to_the_same_flax_params(tiny):
     model, variables = port.from_state(state, decoder_heads=2, decoder_ln_eps=1e-6)
     assert model == tiny["model"]
     jax.tree.map(np.testing.assert_array_equal, variables, tiny["variables"])
+
+
+def _no_torch(monkeypatch):
+    """Make `import torch` fail for the rest of the test (a None entry in sys.modules raises ImportError)."""
+    import sys
+    monkeypatch.setitem(sys.modules, "torch", None)
+
+
+def test_safetensors_is_declared_and_official_layout_reads_without_torch(tmp_path, monkeypatch):
+    from importlib.metadata import version
+    from packaging.requirements import Requirement
+    from safetensors.numpy import save_file
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    with open(os.path.join(root, "requirements.txt")) as f:
+        lines = [line.split("#")[0].strip() for line in f]
+    reqs = [Requirement(line) for line in lines if line and not line.startswith("-")]
+    declared = [r for r in reqs if r.name == "safetensors"]
+    assert declared and declared[0].specifier.contains(version("safetensors"))
+    rng = np.random.default_rng(0)
+    state = {"image_encoder.patch_embed.proj.weight": rng.standard_normal((32, 3, 16, 16)).astype(np.float32),
+             "image_encoder.pos_embed": rng.standard_normal((1, 4, 4, 32)).astype(np.float32),
+             "image_encoder.blocks.0.attn.rel_pos_h": rng.standard_normal((5, 16)).astype(np.float32),
+             "prompt_encoder.pe_layer.positional_encoding_gaussian_matrix": rng.standard_normal((2, 8)).astype(
+                 np.float32),
+             "mask_decoder.mask_tokens.weight": rng.standard_normal((4, 16)).astype(np.float32),
+             "pixel_mean": np.array([123.675, 116.28, 103.53], np.float32)}
+    save_file(state, str(tmp_path / "sam_official.safetensors"))
+    _no_torch(monkeypatch)
+    got, hf_config = port.read_checkpoint(tmp_path / "sam_official.safetensors")
+    assert hf_config == {} and sorted(got) == sorted(state)
+    for key, value in state.items():
+        np.testing.assert_array_equal(got[key], value)
+    hf = {"vision_encoder.layers.0.layer_norm1.weight": np.ones(32, np.float32),      # HF layout: renamed
+          "shared_image_embedding.positional_embedding": state[
+              "prompt_encoder.pe_layer.positional_encoding_gaussian_matrix"]}
+    save_file(hf, str(tmp_path / "model.safetensors"))
+    got, _ = port.read_checkpoint(tmp_path / "model.safetensors")
+    assert sorted(got) == ["image_encoder.blocks.0.norm1.weight",
+                           "prompt_encoder.pe_layer.positional_encoding_gaussian_matrix"]
+
+
+def test_official_safetensors_loads_the_same_model_without_torch(tiny, tmp_path, monkeypatch):
+    from safetensors.numpy import save_file
+    state, _ = port.read_checkpoint(tiny["root"] / "official.pth")
+    save_file(state, str(tmp_path / "sam_tiny.safetensors"))
+    _no_torch(monkeypatch)
+    model, variables = port.load_checkpoint(tmp_path / "sam_tiny.safetensors", decoder_heads=2,
+                                            decoder_ln_eps=1e-6)
+    assert model == tiny["model"]
+    jax.tree.map(np.testing.assert_array_equal, variables, tiny["variables"])
+
+
+def test_safetensors_missing_is_one_clear_error(tmp_path, monkeypatch):
+    import sys
+    (tmp_path / "model.safetensors").write_bytes(b"\0" * 16)
+    monkeypatch.setitem(sys.modules, "safetensors", None)
+    monkeypatch.setitem(sys.modules, "safetensors.numpy", None)
+    with pytest.raises(InputError, match=r"model\.safetensors: .*needs the safetensors package"):
+        port.read_checkpoint(tmp_path / "model.safetensors")
 
 
 def test_vit_b_config_parameter_count_equals_hf_sam_vit_base():

@@ -7,10 +7,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-pytest.importorskip("jaxdiff.metrics.image_quality")
-
-from jaxdiff.errors import InputError  # noqa: E402
-from jaxdiff.metrics import super_resolution  # noqa: E402
+from jaxdiff.errors import InputError
+from jaxdiff.metrics import super_resolution
 
 
 def smooth_images(n, size, seed):

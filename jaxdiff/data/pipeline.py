@@ -16,7 +16,7 @@ import grain
 import numpy as np
 
 from jaxdiff.data import transforms
-from jaxdiff.data.sources import DEFAULT_FRACTIONS, SPLITS, check_split
+from jaxdiff.data.sources import DEFAULT_FRACTIONS, SPLITS, check_split, excluded_cases
 from jaxdiff.errors import InputError
 
 _READ_THREADS = 2          # threads computing batches ahead (the machines this targets have few cores)
@@ -128,7 +128,8 @@ def _phantom(d, split: str):
     return PhantomSlices(split, image_size=int(d.get("image_size", 64)), num_cases=int(d.get("num_cases", 64)),
                          slices_per_case=int(d.get("slices_per_case", 8)), modality=d.get("modality", "t2"),
                          seed=int(d.get("seed", 0)), tumour_only=bool(d.get("tumour_only", False)),
-                         tumour_fraction=float(d.get("tumour_fraction", 0.8)), fractions=_fractions(d))
+                         tumour_fraction=float(d.get("tumour_fraction", 0.8)), fractions=_fractions(d),
+                         regions=d.get("regions", None))
 
 
 def _phantom3d(d, split: str):
@@ -145,14 +146,15 @@ def _brats(d, split: str):
     return BratsSlices(root, split, modalities=d.get("modality", "t2"), image_size=int(d.get("image_size", 240)),
                        slice_indices=(slices if isinstance(slices, str) else list(slices)) if slices else None,
                        normalise=d.get("normalise", "volume_max"), seed=int(d.get("seed", 42)),
-                       fractions=_fractions(d), case_split=_case_split(d))
+                       fractions=_fractions(d), case_split=_case_split(d), exclude=excluded_cases(d),
+                       regions=d.get("regions", None))
 
 
 def _lgg(d, split: str):
     from jaxdiff.data.sources.lgg import LggSlices
     return LggSlices(_root(d, "LGG kaggle_3m"), split, image_size=int(d.get("image_size", 32)),
                      seed=int(d.get("seed", 42)), fractions=_given_fractions(d), split_mode=d.get("split", "random"),
-                     stratified=bool(d.get("stratified", True)))
+                     stratified=bool(d.get("stratified", True)), exclude=excluded_cases(d))
 
 
 SOURCES = {"phantom": _phantom, "phantom3d": _phantom3d, "brats": _brats, "lgg": _lgg,
@@ -169,6 +171,8 @@ def raw_source(data_config, split: str):
     name = data_config.get("source", None)
     if name not in SOURCES:
         raise InputError(f"config key data.source: {name!r} is not one of {', '.join(SOURCES)}")
+    if data_config.get("regions", None) is not None and name not in ("phantom", "brats", "tfds"):
+        raise InputError(f"config key data.regions: source {name!r} has no BraTS labels (phantom and brats have)")
     factory = SOURCES[name]
     if isinstance(factory, str):
         module, attr = factory.split(":")

@@ -1,9 +1,10 @@
 """Host-side example transforms (numpy / scipy / scikit-image; they run in grain workers, never under jit).
 
-An example is a dict {"image": (H, W, C) float32 in [-1, 1], "mask": (H, W, 1) float32 in {0, 1}, ...}; other
-keys pass through unchanged. These are the seed S0 preprocessing (`clahe`, deterministic, every split) and
-augmentation (`augment(example, rng)`, the training split), chosen from a config `data` block by
-`from_config`. All functions are module-level, so they pickle into grain worker processes.
+An example is a dict {"image": (H, W, C) float32 in [-1, 1], "mask": (H, W, K) float32 in {0, 1}, ...} (K = 1,
+or one channel per nested region with `data.regions`); other keys pass through unchanged. These are the seed S0
+preprocessing (`clahe`, deterministic, every split) and augmentation (`augment(example, rng)`, the training
+split), chosen from a config `data` block by `from_config`. All functions are module-level, so they pickle into
+grain worker processes.
 """
 from __future__ import annotations
 
@@ -96,17 +97,18 @@ def augment(example: dict, rng: np.random.Generator, hflip: float = 0.5, vflip: 
     actually turns with probability 0.75 * rot90), elastic deformation (`elastic`), then brightness/contrast
     (`brightness_contrast_p`, limits `brightness` and `contrast`, see `_brightness_contrast`; image only).
     Geometric steps act identically on "image" and "mask"; the elastic warp resamples the image bilinearly
-    (order 1) and the mask by nearest neighbour (order 0), so the mask stays in {0, 1}. `elastic_alpha` = 1 and
+    (order 1) and the mask by nearest neighbour (order 0), so the mask stays in {0, 1} and each of its K channels
+    moves with the same displacement (nested region channels stay nested). `elastic_alpha` = 1 and
     `elastic_sigma` = 50 are albumentations' ElasticTransform defaults (1.x and 2.x; 1.x also applied a random
     affine, `alpha_affine=50`, which is not reproduced); they displace pixels by well under one pixel.
     `brightness_contrast_p` = 0.2 reads the seed's "brightness/contrast 0.2" as that transform's probability,
     with albumentations' default limits of 0.2 (albumentations' own default probability is 0.5).
 
     Args:
-      example: {"image": (H, W, C) float32 in [-1, 1], "mask": (H, W, 1) {0, 1}, ...}.
+      example: {"image": (H, W, C) float32 in [-1, 1], "mask": (H, W, K) {0, 1}, ...}.
       rng: the per-example generator (grain's `random_map` passes one derived from the dataset seed).
     Returns:
-      A new dict, "image" (H, W, C) float32 in [-1, 1] and "mask" (H, W, 1) in {0, 1} (same dtype as given);
+      A new dict, "image" (H, W, C) float32 in [-1, 1] and "mask" (H, W, K) in {0, 1} (same dtype as given);
       for non-square images the 90 / 270 degree rotations are skipped to keep the shape.
     """
     image, mask = np.asarray(example["image"], np.float32), np.asarray(example["mask"])

@@ -8,6 +8,7 @@ where its source was (never an identity affine by accident).
 from __future__ import annotations
 
 import os
+import zlib
 
 import nibabel as nib
 import numpy as np
@@ -28,11 +29,7 @@ def _open(path: str):
 
 def nifti_shape(path: str) -> tuple:
     """Array shape of the NIfTI file at `path` after RAS reorientation, reading the header only."""
-    img = _open(path)
-    shape = list(img.shape)
-    for axis, (target, _) in enumerate(nib.orientations.io_orientation(img.affine)):
-        shape[int(target)] = img.shape[axis]
-    return tuple(int(n) for n in shape)
+    return ras_geometry(_open(path))[0]
 
 
 def load_nifti(path: str) -> tuple[np.ndarray, np.ndarray]:
@@ -53,6 +50,73 @@ def load_nifti(path: str) -> tuple[np.ndarray, np.ndarray]:
     if not np.all(np.isfinite(data)):
         raise InputError(f"{path}: contains NaN or infinite values")
     return data, np.asarray(img.affine, dtype=np.float64)
+
+
+def ras_geometry(img) -> tuple[tuple, np.ndarray]:
+    """(shape, affine) of a nibabel image after RAS reorientation, from its header only (no data read)."""
+    ornt = nib.orientations.io_orientation(img.affine)
+    shape = list(img.shape)
+    for axis, (target, _) in enumerate(ornt):
+        shape[int(target)] = img.shape[axis]
+    affine = np.asarray(img.affine, np.float64) @ nib.orientations.inv_ornt_aff(ornt, img.shape)
+    return tuple(int(n) for n in shape), affine
+
+
+def _gunzip(raw: bytes) -> bytes:
+    """The decompressed bytes of a (possibly multi-member) gzip file's contents; EOFError when truncated."""
+    out = []
+    while raw:
+        d = zlib.decompressobj(wbits=31)
+        out.append(d.decompress(raw))
+        if not d.eof:
+            raise EOFError("truncated (gzip stream ended early)")
+        raw = d.unused_data.lstrip(b"\0")   # gzip allows zero padding after a member
+    return b"".join(out)
+
+
+def check_nifti(path: str) -> dict:
+    """Read a whole NIfTI file (header and every voxel) and describe it, for checking a data set up front.
+
+    Faster than `load_nifti` on .nii.gz (one zlib call over the file, no float conversion) and releases the
+    GIL while decompressing, so files can be checked in threads.
+
+    Returns:
+      {"shape": RAS array shape (3D with a trailing axis of 1 dropped), "affine": (4, 4) RAS affine as nested
+       lists, "integer": all values are whole numbers, "constant": all values are equal}.
+    Raises:
+      InputError "<path>: <reason>" when the file is missing, not NIfTI, truncated, shorter than its header
+      says, or holds NaN/inf.
+    """
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise InputError(f"{path}: file not found")
+    try:
+        if path.endswith(".gz"):
+            with open(path, "rb") as f:
+                raw = _gunzip(f.read())
+            klass = nib.Nifti2Image if raw[:4] in (b"\x1c\x02\x00\x00", b"\x00\x00\x02\x1c") else nib.Nifti1Image
+            img = klass.from_bytes(raw)
+        else:
+            img = nib.load(path, mmap=False)
+        shape, affine = ras_geometry(img)
+        data = np.asanyarray(img.dataobj)
+    except EOFError as e:
+        raise InputError(f"{path}: {e}") from None
+    except zlib.error as e:
+        raise InputError(f"{path}: not a gzip file or corrupt gzip data ({e})") from None
+    except Exception as e:  # nibabel header errors, a data block shorter than the header says
+        raise InputError(f"{path}: not a readable NIfTI file ({type(e).__name__}: {e})") from None
+    if len(shape) == 4 and shape[-1] == 1:
+        shape = shape[:3]
+    integer = True
+    if data.dtype.kind in "fc":
+        finite = np.isfinite(data)
+        if not finite.all():
+            raise InputError(f"{path}: contains {int(finite.size - np.count_nonzero(finite))} NaN or infinite "
+                             f"values")
+        integer = bool(np.all(np.mod(data, 1) == 0))
+    constant = bool(data.size == 0 or data.min() == data.max())
+    return {"shape": list(shape), "affine": affine.tolist(), "integer": integer, "constant": constant}
 
 
 def _storage_array(array) -> np.ndarray:

@@ -152,16 +152,29 @@ def ms_ssim(pred, target, data_range: float = 1.0, weights=None, k1: float = 0.0
     before the power (as tf.image.ssim_multiscale and pytorch-msssim do, so no NaN), and the per-channel
     products are averaged.
 
+    Intensities must be non-negative, in [0, data_range], as in Wang et al.: the luminance term
+    (2 ux uy + C1) / (ux^2 + uy^2 + C1) is not shift-invariant and turns negative where local means of
+    zero-centred data have opposite signs, so [-1, 1] data would drive the coarsest SSIM below 0 and the
+    clipped product to 0. Map such data to [0, 1] first ((x + 1) / 2, data_range=1) and clip predictions to
+    [0, data_range]. Called eagerly, inputs below -1e-3 * data_range raise InputError; inside a jitted
+    caller they are not checked.
+
     Args:
-      pred, target: (B, H, W, C) or (B, D, H, W, C).
+      pred, target: (B, H, W, C) or (B, D, H, W, C), values in [0, data_range], every spatial side >= 11.
       data_range: max - min of the intensity scale.
       weights: per-scale exponents; default the standard 5 (0.0448, 0.2856, 0.3001, 0.2363, 0.1333). Inputs
-        too small for all of them (5 scales need every side >= 176) use the first M = `num_scales(...)`
-        weights renormalised to sum to 1, e.g. M = 2 for 32^3 volumes, 3 for 64^3. Weights given
-        explicitly are used as given and the input must be big enough for them.
+        too small for all of them (5 scales need every side >= 176) use as many scales as fit, the first
+        M = `num_scales(...)` weights renormalised to sum to 1, e.g. M = 2 for 32^3 volumes, 3 for 64^3.
+        Weights given explicitly are used as given and the input must be big enough for them (InputError
+        otherwise).
     Returns:
-      (B,) float32, 1 for identical inputs.
+      (B,) float32 in [0, 1], 1 for identical inputs.
     """
+    for name, a in (("pred", pred), ("target", target)):
+        if not isinstance(a, jax.core.Tracer) and np.size(a) and float(np.min(a)) < -1e-3 * data_range:
+            raise InputError(f"ms_ssim: {name} has values down to {float(np.min(a)):.4g}; MS-SSIM needs "
+                             f"intensities in [0, data_range={data_range:g}]: clip predictions to it, and map "
+                             "[-1, 1] data to [0, 1] with (x + 1) / 2 and data_range=1")
     m = num_scales(np.shape(pred)[1:-1], sigma=sigma)
     if weights is None:
         weights = np.asarray(MS_SSIM_WEIGHTS[:m]) / sum(MS_SSIM_WEIGHTS[:m])

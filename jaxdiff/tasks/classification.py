@@ -24,7 +24,7 @@ import optax
 from jaxdiff.errors import InputError
 from jaxdiff.io import files
 from jaxdiff.metrics import classification as cls_metrics
-from jaxdiff.tasks.base import Task, zeros_like_spec
+from jaxdiff.tasks.base import Task, progress_bar, progress_line, split_name, zeros_like_spec
 
 
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)   # torchvision's, on [0, 1] RGB
@@ -162,10 +162,12 @@ class ClassificationTask(Task):
                                           for k, v in state.model_state.items()})
 
     # --- evaluation --------------------------------------------------------------------------------------
-    def evaluate(self, state, source, out_dir: str, rng=None, num: int | None = None, num_steps=None) -> dict:
+    def evaluate(self, state, source, out_dir: str, rng=None, num: int | None = None, num_steps=None,
+                 split: str | None = None) -> dict:
         """Metrics of `jaxdiff.metrics.classification.report` on the first `num` examples of `source` (all by
         default, or `eval.num_examples`) with EMA parameters (raw ones when `train.ema` is 0); writes
-        `<out_dir>/confusion_matrix.png` and `<out_dir>/predictions.json` (labels and probabilities)."""
+        `<out_dir>/confusion_matrix.png` and `<out_dir>/predictions.json` (labels and probabilities); `split` names
+        the data in the progress line."""
         ev = self.config.get("eval", {})
         limit = num or ev.get("num_examples")
         n = len(source) if limit is None else min(int(limit), len(source))
@@ -174,7 +176,8 @@ class ClassificationTask(Task):
         variables = state.variables(ema=float(self.config.train.get("ema", 0.0)) > 0)
         fn, bs = jax.jit(self.predict), int(ev.get("batch_size", 16))
         labels, probs = [], []
-        for start in range(0, n, bs):
+        progress_line(f"scoring {split_name(source, split)}: {n} examples, in batches of {min(bs, n)}")
+        for start in progress_bar(range(0, n, bs), "classifying", total=-(-n // bs)):
             ex = [source[i] for i in range(start, min(start + bs, n))]
             images = np.stack([np.asarray(e["image"], np.float32) for e in ex])
             pad = bs - len(ex)   # pad the last batch: one compiled shape
@@ -192,7 +195,7 @@ class ClassificationTask(Task):
         return result
 
     def finalize(self, state, workdir, val_source, rng) -> dict:
-        return self.evaluate(state, val_source, os.path.join(workdir, "samples"), rng)
+        return self.evaluate(state, val_source, os.path.join(workdir, "samples"), rng, split="val")
 
 
 def confusion_figure(cm: np.ndarray, class_names: list, path: str) -> str:

@@ -77,6 +77,13 @@ class DiffusionTask(Task):
                                     num_steps=int(num_steps or d.get("sample_steps", 50)),
                                     eta=float(d.get("eta", 0.0)), **common)
 
+    def sampler_text(self, num_steps=None) -> str:
+        """'DDIM 10 steps' / 'DDPM 1000 steps': the reverse chain `sample` runs, for progress lines."""
+        d = self.config.diffusion
+        if d.get("sampler", "ddim") == "ddpm":
+            return f"DDPM {self.schedule.num_timesteps} steps"
+        return f"DDIM {int(num_steps or d.get('sample_steps', 50))} steps"
+
     @functools.cached_property
     def _compiled_sample(self):
         return jax.jit(self.sample, static_argnames=("shape", "num_steps", "return_trajectory", "sharding"))

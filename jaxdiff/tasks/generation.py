@@ -23,7 +23,7 @@ import numpy as np
 from jaxdiff.data import pipeline
 from jaxdiff.io import nifti
 from jaxdiff.metrics import distribution
-from jaxdiff.tasks.base import zeros_like_spec
+from jaxdiff.tasks.base import progress_line, zeros_like_spec
 from jaxdiff.tasks.diffusion_task import DiffusionTask
 from jaxdiff.viz import grid
 
@@ -89,19 +89,21 @@ class GenerationTask(DiffusionTask):
         """Sample `sample.num` images with the EMA parameters, save a grid (3D: volumes and figures, see the
         module docstring), compare with held-out images (pixel MMD on pooled intensities)."""
         num = int(self.config.get("sample", {}).get("num", 16))
+        progress_line(f"scoring the val split: {num} generated {'volumes' if self.dims == 3 else 'images'} "
+                      f"({self.sampler_text()}) against held-out ones")
         if self.dims == 3:
             step = int(jax.device_get(state.step))
             out = os.path.join(workdir, "samples", f"step{step:06d}")
             samples, paths = self._volumes_to_files(state, out, num, None, rng, val_source)
             return {**self._volume_metrics(samples, self._references(val_source, samples.shape[1:], num)),
-                    "samples_dir": out, "files": len(paths)}
+                    "samples_dir": out, "files": len(paths), "num_scored": len(samples)}
         variables = state.variables(ema=True)
         samples = np.asarray(jax.device_get(self.generate(variables, num, rng)))
         step = int(jax.device_get(state.step))
         path = grid.save_grid(samples, os.path.join(workdir, "samples", f"samples_step{step:06d}.png"), scale=2)
         ref = np.stack([val_source[i]["image"] for i in range(min(len(val_source), max(num, 2)))])
         out = {"pixel_mmd": distribution.mmd_rbf(distribution.pooled_pixels(samples), distribution.pooled_pixels(ref)),
-               "samples_png": path}
+               "samples_png": path, "num_scored": len(samples)}
         if self.config.get("sample", {}).get("kid", False):
             out.update(self._kid(variables, val_source, jax.random.fold_in(rng, 1)))
         return out
@@ -204,11 +206,14 @@ class GenerationTask(DiffusionTask):
 
 
 def _pairwise_ms_ssim(volumes) -> float:
-    """Mean MS-SSIM (data range 2, for [-1, 1]) over all pairs of (N, X, Y, Z, C) volumes, N >= 2."""
+    """Mean MS-SSIM over all pairs of (N, X, Y, Z, C) volumes in [-1, 1], N >= 2, computed on (x + 1) / 2 with
+    data range 1 (MS-SSIM's luminance term needs non-negative intensities; see `image_quality.ms_ssim`).
+    Unrelated volumes (e.g. noise-like samples of a barely trained model) score about 0: their contrast-structure
+    means are near 0 or below, and negative ones clip to 0."""
     from jaxdiff.metrics import image_quality
     i, j = np.triu_indices(len(volumes), 1)
-    x = np.clip(np.asarray(volumes, np.float32), -1.0, 1.0)
-    return float(np.mean(np.asarray(image_quality.ms_ssim(x[i], x[j], data_range=2.0))))
+    x = (np.clip(np.asarray(volumes, np.float32), -1.0, 1.0) + 1.0) / 2.0
+    return float(np.mean(np.asarray(image_quality.ms_ssim(x[i], x[j], data_range=1.0))))
 
 
 def _block_means(x, cells: int = 8) -> np.ndarray:

@@ -17,7 +17,7 @@ import optax
 
 from jaxdiff.models.sam.model import PIXEL_MEAN, PIXEL_STD
 from jaxdiff.tasks import seg_eval
-from jaxdiff.tasks.base import Task, zeros_like_spec
+from jaxdiff.tasks.base import Task, progress_bar, progress_line, zeros_like_spec
 from jaxdiff.tasks.segmentation import soft_dice_loss
 
 
@@ -81,7 +81,10 @@ class PromptableSegmentationTask(Task):
         data = seg_eval.collect(val_source, self.config.get("eval", {}).get("num_examples"))
         fn = jax.jit(lambda v, b: self.logits(v, b)[0] > 0)
         bs = int(self.config.get("eval", {}).get("batch_size", 2))
+        n = len(data["image"])
+        progress_line(f"scoring the val split: {n} box-prompted examples, in batches of {min(bs, n)}")
         preds = np.concatenate([np.asarray(fn(variables, {"image": data["image"][i:i + bs],
                                                           "mask": data["mask"][i:i + bs]}))
-                                for i in range(0, len(data["image"]), bs)]).astype(np.float32)
+                                for i in progress_bar(range(0, n, bs), "predicting", total=-(-n // bs))]
+                               ).astype(np.float32)
         return seg_eval.report(data["image"], data["mask"], preds, os.path.join(workdir, "samples"))

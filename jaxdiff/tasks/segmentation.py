@@ -1,10 +1,13 @@
 """Supervised segmentation (S0's UNet-transformer, S4's 512 U-Net), optionally with S0's VAE error head.
 
-Batch: {"image": (B, H, W, C) in [-1, 1], "mask": (B, H, W, 1) in {0, 1}}. The segmenter `config.model` maps
+Batch: {"image": (B, H, W, C) in [-1, 1], "mask": (B, H, W, K) in {0, 1}}. The segmenter `config.model` maps
 the image to logits: one channel (sigmoid, binary cross-entropy) or `K >= 2` channels (softmax cross-entropy,
-class 1 = tumour). With `config.error_head` (e.g. `name="vae_error_head"`) a VAE reconstructs the error map
-|logits - mask| and the loss is S0's: BCE + `loss.error_weight` * MSE(recon, error) [+ `loss.kl_weight` * KL,
-which the seed omits] [+ `loss.dice_weight` * soft Dice loss].
+class 1 = tumour, mask K = 1). With `data.regions` (e.g. "brats": WT, TC, ET) the mask has one channel per
+region and the model as many logits, each an independent sigmoid (nnU-Net's region-based training): BCE and soft
+Dice are taken per region channel and averaged over the regions. With `config.error_head` (e.g.
+`name="vae_error_head"`) a VAE reconstructs the error map |logits - mask| and the loss is S0's: BCE +
+`loss.error_weight` * MSE(recon, error) [+ `loss.kl_weight` * KL, which the seed omits] [+ `loss.dice_weight` *
+soft Dice loss].
 """
 from __future__ import annotations
 
@@ -17,6 +20,8 @@ import numpy as np
 import optax
 
 from jaxdiff import models
+from jaxdiff.data.sources import mask_channels
+from jaxdiff.errors import InputError
 from jaxdiff.tasks import seg_eval
 from jaxdiff.tasks.base import Task, zeros_like_spec
 from jaxdiff.viz import grid
@@ -33,14 +38,15 @@ class SegmenterWithErrorHead(nn.Module):
         logits = self.segmenter(x, train=train)
         if self.error_head is None or mask is None:
             return logits, None
-        error = jnp.abs(logits[..., :1] - mask)
+        error = jnp.abs((logits if logits.shape[-1] == mask.shape[-1] else logits[..., :1]) - mask)
         recon, mu, logvar = self.error_head(error, train=train)
         return logits, (error, recon, mu, logvar)
 
 
 def soft_dice_loss(prob, mask, eps: float = 1.0):
-    """1 - soft Dice per example, prob/mask (B, H, W, 1); averaged over the batch."""
-    axes = tuple(range(1, prob.ndim))
+    """1 - soft Dice per example and channel, prob/mask (B, H, W, K); averaged over the batch and the channels
+    (the K regions of region-based training; K = 1 otherwise)."""
+    axes = tuple(range(1, prob.ndim - 1))
     inter = jnp.sum(prob * mask, axes)
     return jnp.mean(1.0 - (2.0 * inter + eps) / (jnp.sum(prob, axes) + jnp.sum(mask, axes) + eps))
 
@@ -51,12 +57,21 @@ class SegmentationTask(Task):
     def __init__(self, config):
         super().__init__(config)
         head = config.get("error_head", None)
-        self.model = SegmenterWithErrorHead(self.model, models.build(head) if head and head.get("name") else None)
+        self.regions = config.data.get("regions", None) is not None
+        self.mask_channels = mask_channels(config.data)
+        error_head = models.build(head) if head and head.get("name") else None
+        for key, module in (("model.out_channels", self.model), ("error_head.out_channels", error_head)):
+            k = getattr(module, "out_channels", None)
+            if self.regions and k is not None and k != self.mask_channels:
+                raise InputError(f"config key {key}: {k}, but data.regions={config.data.regions!r} has "
+                                 f"{self.mask_channels} region channels")
+        self.model = SegmenterWithErrorHead(self.model, error_head)
         self.loss_cfg = config.get("loss", {})
 
     def example_batch(self, batch_size):
         s, c = int(self.config.data.image_size), int(self.config.data.get("channels", 1))
-        return zeros_like_spec({"image": ((s, s, c), np.float32), "mask": ((s, s, 1), np.float32)}, batch_size)
+        return zeros_like_spec({"image": ((s, s, c), np.float32), "mask": ((s, s, self.mask_channels), np.float32)},
+                               batch_size)
 
     def model_inputs(self, batch):
         return (jnp.asarray(batch["image"]), jnp.asarray(batch["mask"])), {}
@@ -70,10 +85,10 @@ class SegmentationTask(Task):
         if "error_head" in variables["params"]:
             yield f"error head ({self.config.error_head.name}) params: {count(variables['params']['error_head'])}"
 
-    @staticmethod
-    def probability(logits):
-        """Tumour probability (B, H, W, 1): sigmoid of one logit, or softmax class 1 of K logits."""
-        if logits.shape[-1] == 1:
+    def probability(self, logits):
+        """Tumour probability (B, H, W, 1): sigmoid of one logit, or softmax class 1 of K logits; with
+        `data.regions`, one sigmoid per region logit (B, H, W, K)."""
+        if logits.shape[-1] == 1 or self.regions:
             return jax.nn.sigmoid(logits)
         return jax.nn.softmax(logits, axis=-1)[..., 1:2]
 
@@ -83,7 +98,7 @@ class SegmentationTask(Task):
         out = self.apply({"params": params, **model_state}, batch["image"], mask, rng=rng, train=train,
                          mutable=mutable)
         (logits, head), new_state = out if mutable else (out, model_state)
-        if logits.shape[-1] == 1:
+        if logits.shape[-1] == 1 or self.regions:     # mean over pixels and regions = mean of per-region BCE
             seg = jnp.mean(optax.sigmoid_binary_cross_entropy(logits, mask))
         else:
             seg = jnp.mean(optax.softmax_cross_entropy_with_integer_labels(logits, mask[..., 0].astype(jnp.int32)))
@@ -104,28 +119,32 @@ class SegmentationTask(Task):
         return loss, ({**metrics, "loss": loss}, new_state)
 
     def predict(self, variables, images, masks=None):
-        """Probabilities (B, H, W, 1), binary predictions, and the VAE error-map reconstruction if any."""
+        """Probabilities (B, H, W, K), binary predictions (prob > 0.5; with `data.regions` each region also
+        clipped to the one enclosing it, so ET <= TC <= WT), and the VAE error-map reconstruction if any."""
         logits, head = self.apply(variables, images, masks, train=False)
         prob = self.probability(logits)
-        out = {"prob": prob, "pred": (prob > 0.5).astype(jnp.float32)}
+        pred = (prob > 0.5).astype(jnp.float32)
+        out = {"prob": prob, "pred": jax.lax.cummin(pred, axis=pred.ndim - 1) if self.regions else pred}
         if head is not None:
             out["error_recon"] = head[1]
         return out
 
-    def evaluate(self, state, source, out_dir: str, rng=None, num: int | None = None, num_steps=None) -> dict:
-        """Per-case metrics on `source` with EMA parameters (or raw ones when `train.ema` is 0)."""
+    def evaluate(self, state, source, out_dir: str, rng=None, num: int | None = None, num_steps=None,
+                 split: str | None = None) -> dict:
+        """Whole held-out cases of `source` (3D per region in mm, `seg_eval`) segmented with EMA parameters (raw
+        ones when `train.ema` is 0) as `jaxdiff.predict` segments them; `num` cases (None: eval.num_cases or
+        all); `split` names it. With an error head, its reconstruction of the first slices is saved too."""
         ema = float(self.config.train.get("ema", 0.0)) > 0
         variables = state.variables(ema=ema)
-        data = seg_eval.collect(source, num or self.config.get("eval", {}).get("num_examples"))
-        fn = jax.jit(self.predict)
-        bs = int(self.config.get("eval", {}).get("batch_size", 16))
-        outs = [jax.device_get(fn(variables, data["image"][i:i + bs], data["mask"][i:i + bs]))
-                for i in range(0, len(data["image"]), bs)]
-        res = {k: np.concatenate([np.asarray(o[k]) for o in outs]) for k in outs[0]}
-        if "error_recon" in res:
-            grid.save_grid(res["error_recon"][:16], os.path.join(out_dir, "error_map_recon.png"),
-                           value_range=(0.0, float(res["error_recon"][:16].max()) or 1.0), scale=2)
-        return seg_eval.report(data["image"], data["mask"], res["pred"], out_dir, uncertainty=None)
+        if "error_head" in variables.get("params", {}) and len(source):
+            first = [source[i] for i in range(min(16, len(source)))]
+            recon = jax.device_get(jax.jit(self.predict)(
+                variables, np.stack([e["image"] for e in first]), np.stack([e["mask"] for e in first])))
+            if "error_recon" in recon:
+                r = np.asarray(recon["error_recon"])
+                grid.save_grid(r, os.path.join(out_dir, "error_map_recon.png"),
+                               value_range=(0.0, float(r.max()) or 1.0), scale=2)
+        return seg_eval.evaluate(self, variables, source, out_dir, rng, num=num, split=split)
 
     def finalize(self, state, workdir, val_source, rng) -> dict:
-        return self.evaluate(state, val_source, os.path.join(workdir, "samples"), rng)
+        return self.evaluate(state, val_source, os.path.join(workdir, "samples"), rng, split="val")

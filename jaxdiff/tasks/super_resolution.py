@@ -8,6 +8,12 @@ Noise-conditioning augmentation (cascaded diffusion, Ho et al. 2021): with `diff
 the low-res input is noised with the stage's own forward process at a level s ~ U{0 .. round(f (T - 1))}
 drawn per example in training, and s is given to the model as cond["aug_level"] (`model.aug_level = True`).
 At sampling s is fixed to round(`diffusion.low_res_noise_sample` (T - 1)) (default f / 2).
+
+Residual diffusion (`diffusion.residual = True`, as in SRDiff, Li et al. 2022): the chain runs on the residual
+r = high-res - bilinear(low-res) of the un-augmented low-res input, and `upscale` returns bilinear(low-res) + r
+clipped to [-1, 1]. With x0-prediction a denoiser that outputs 0 returns the bilinear upsample, so a briefly
+trained stage starts from interpolation rather than from noise. Off (the seed's setup): the chain runs on the
+high-res image itself.
 """
 from __future__ import annotations
 
@@ -19,7 +25,7 @@ import numpy as np
 
 from jaxdiff.diffusion import gaussian
 from jaxdiff.errors import InputError
-from jaxdiff.tasks.base import zeros_like_spec
+from jaxdiff.tasks.base import progress_line, zeros_like_spec
 from jaxdiff.tasks.diffusion_task import DiffusionTask
 from jaxdiff.viz import grid
 
@@ -54,6 +60,7 @@ class SuperResolutionTask(DiffusionTask):
         if bool(m.get("aug_level", False)) != (self.noise_max > 0):
             raise InputError("config key model.aug_level: must be True exactly when diffusion.low_res_noise > 0")
         self.noise_sample = float(diff.get("low_res_noise_sample", self.noise_max / 2))
+        self.residual = bool(diff.get("residual", False))
 
     # --- shapes and conditioning ----------------------------------------------------------------------
     def image_shape(self) -> tuple:
@@ -80,6 +87,11 @@ class SuperResolutionTask(DiffusionTask):
         noisy = gaussian.q_sample(self.schedule, low, level, jax.random.normal(n_rng, low.shape, low.dtype))
         return {"low_res": noisy, "aug_level": level}
 
+    def upsample(self, low):
+        """Bilinear (B, h, w, C) -> (B, H, W, C), the model's own upsampling: the residual's base."""
+        return jax.image.resize(low, (low.shape[0], *self.image_shape()[:2], low.shape[-1]), "bilinear",
+                                antialias=False)
+
     def model_inputs(self, batch):
         x = jnp.asarray(batch["image"])
         low = area_downsample(x, self.low_size)
@@ -89,8 +101,10 @@ class SuperResolutionTask(DiffusionTask):
     def loss(self, params, model_state, batch, rng, train=True):
         c_rng, rng = jax.random.split(rng)
         x = batch["image"]
-        cond = self.condition(area_downsample(x, self.low_size), c_rng, train=train)
-        return self.diffusion_loss(params, model_state, x, cond, rng, train)
+        low = area_downsample(x, self.low_size)
+        cond = self.condition(low, c_rng, train=train)
+        target = x - self.upsample(low) if self.residual else x
+        return self.diffusion_loss(params, model_state, target, cond, rng, train)
 
     # --- sampling and reports -------------------------------------------------------------------------
     def upscale(self, variables, low, rng, num_steps=None):
@@ -99,8 +113,9 @@ class SuperResolutionTask(DiffusionTask):
         if low.shape[1:] != self.low_res_shape():
             raise InputError(f"low-res input {low.shape[1:]}: this stage expects {self.low_res_shape()}")
         c_rng, s_rng = jax.random.split(rng)
-        return self.jitted_sample(variables, (low.shape[0], *self.image_shape()), s_rng,
-                                  cond=self.condition(low, c_rng), num_steps=num_steps)
+        out = self.jitted_sample(variables, (low.shape[0], *self.image_shape()), s_rng,
+                                 cond=self.condition(low, c_rng), num_steps=num_steps)
+        return jnp.clip(out + self.upsample(low), -1.0, 1.0) if self.residual else out
 
     def _held_out(self, source, num: int) -> np.ndarray:
         n = min(len(source), num)
@@ -130,7 +145,10 @@ class SuperResolutionTask(DiffusionTask):
 
     def finalize(self, state, workdir, val_source, rng) -> dict:
         num = int(self.config.get("sample", {}).get("num", 16))
-        return self._compare(state, val_source, num, None, rng, os.path.join(workdir, "samples"))
+        progress_line(f"scoring the val split: {min(num, len(val_source))} images super-resolved "
+                      f"({self.sampler_text()}) against bilinear")
+        report = self._compare(state, val_source, num, None, rng, os.path.join(workdir, "samples"))
+        return {**report, "num_scored": min(num, len(val_source))}
 
     def sample_to_files(self, state, out_dir: str, num: int, steps, rng) -> list[str]:
         """`jaxdiff.sample`: super-resolve `num` held-out (val) images; grids and one PNG per SR image."""

@@ -68,6 +68,7 @@ def load_for_inference(workdir: str):
 
     config = config_lib.from_json_file(str(files.path(workdir) / "config.json"))
     jaxdiff.set_cpu_fusion(config.get("xla_cpu_fusion"))
+    jaxdiff.enable_compilation_cache()  # the sampler / evaluation programs of an earlier run load from disk
     task = tasks.build(config)
     ckpt_dir = files.path(workdir) / "checkpoints"
     if not ckpt_dir.is_dir():

@@ -24,15 +24,16 @@ from jaxdiff import config as config_lib
 from jaxdiff import data, tasks
 from jaxdiff.errors import InputError
 from jaxdiff.io import files
+from jaxdiff.tasks.base import quiet_progress
 from jaxdiff.training import sharding as shd
 from jaxdiff.training.checkpoint import Checkpointer
 from jaxdiff.training.state import make_optimizer
 from jaxdiff.training.step import compile_train_step, init_state
 
 
-def _summary_writer(logdir: str):
-    """tensorboardX's SummaryWriter, imported without PyTorch: tensorboardX imports torch whenever it is
-    installed (only to accept torch tensors), which would add seconds to every start-up."""
+def _summary_writer(logdir: str, **kwargs):
+    """tensorboardX's SummaryWriter(logdir, **kwargs), imported without PyTorch: tensorboardX imports torch whenever
+    it is installed (only to accept torch tensors), which would add seconds to every start-up."""
     block = "torch" not in sys.modules
     if block:
         sys.modules["torch"] = None          # makes `import torch` fail inside tensorboardX
@@ -41,18 +42,29 @@ def _summary_writer(logdir: str):
     finally:
         if block:
             del sys.modules["torch"]
-    return SummaryWriter(logdir)
+    return SummaryWriter(logdir, **kwargs)
 
 
 class MetricLogger:
-    """Appends one JSON object per logged step to `metrics.jsonl` and mirrors scalars to TensorBoard."""
+    """Appends one JSON object per logged step to `metrics.jsonl` and mirrors scalars to TensorBoard.
 
-    def __init__(self, workdir: str, enabled: bool = True):
+    A run that resumes from step `start` (0: a fresh run) continues logs that a killed run may have taken past its
+    last checkpoint: those rows (steps > start) are dropped from `metrics.jsonl` (rewritten atomically, local or
+    cloud path) and the new TensorBoard event file starts with a purge marker at step start + 1 (tensorboardX's
+    `purge_step`: TensorBoard hides the earlier files' events from that step on), so each step is logged once.
+    """
+
+    def __init__(self, workdir: str, enabled: bool = True, start: int = 0):
         self.enabled = enabled
         self.path = os.path.join(workdir, "metrics.jsonl")
         self.tb = None
+        if enabled:
+            drop_rows_after(self.path, start)
         if enabled and files.is_local(workdir):  # TensorBoard events for local work directories
-            self.tb = _summary_writer(os.path.join(workdir, "tensorboard"))
+            logdir = os.path.join(workdir, "tensorboard")
+            earlier = os.path.isdir(logdir) and any(n.startswith("events.out.tfevents") for n in os.listdir(logdir))
+            self.tb = _summary_writer(logdir, purge_step=start + 1 if earlier else None,
+                                      filename_suffix=f".from_step{start}")  # a resume in the same second: new file
 
     def write(self, step: int, metrics: dict):
         """Log scalar `metrics` at `step`; in JSON a non-finite value (a skipped step's loss) is null."""
@@ -69,6 +81,35 @@ class MetricLogger:
     def close(self):
         if self.tb is not None:
             self.tb.close()
+
+
+def drop_rows_after(path: str, step: int) -> int:
+    """Remove the rows of steps after `step` from the JSON-lines log `path`, and a last line cut short by a kill;
+    the file is rewritten atomically (a temporary file renamed over it), and only when something goes. Returns the
+    number of lines removed (0 when the file does not exist)."""
+    p = files.path(path)
+    if not p.exists():
+        return 0
+    text = p.read_text()
+    kept, dropped = [], 0
+    for line in text.splitlines():
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except ValueError:                        # a line the killed run did not finish writing
+            dropped += 1
+            continue
+        if isinstance(row, dict) and isinstance(row.get("step"), int) and row["step"] > step:
+            dropped += 1
+            continue
+        kept.append(line)
+    new = "".join(line + "\n" for line in kept)
+    if new != text:
+        tmp = p.parent / f".{p.name}.{os.getpid()}.tmp"
+        tmp.write_text(new)
+        tmp.replace(p)
+    return dropped
 
 
 class StopSignal:
@@ -142,9 +183,20 @@ def _report_state(state):
     return multihost_utils.process_allgather(state.replace(opt_state=None), tiled=True)
 
 
+def _num_scored(report: dict) -> int | None:
+    """The number of held-out examples (segmentation, classification) or generated samples (generation, super-
+    resolution) a task's end-of-run report scored."""
+    for key in ("num_cases", "num_examples", "num_scored"):
+        if report.get(key) is not None:
+            return int(report[key])
+    return None
+
+
 def train(config, workdir: str, quiet: bool = False) -> dict:
     """Train (or resume) the experiment `config` in `workdir`; returns the final report dict."""
     jaxdiff.set_cpu_fusion(config.get("xla_cpu_fusion"))
+    jaxdiff.enable_compilation_cache()  # programs compiled by an earlier run (a resume, the same model) load from disk
+    data.check_data(config.data, quiet=quiet)  # every file of every split, before anything is compiled or written
     task = tasks.build(config)
     mesh = shd.make_mesh(config.get("mesh"))
     train_iter = _data_iterator(config, "train", mesh)
@@ -158,6 +210,7 @@ def train(config, workdir: str, quiet: bool = False) -> dict:
     example = shd.global_batch(task.example_batch(local_bs), mesh)
     state, state_shardings = init_state(task, make_optimizer(tc), init_rng, example, mesh,
                                         fsdp_min_size=int(config.get("mesh", {}).get("fsdp_min_size", 2 ** 14)))
+    first = [] if files.path(workdir).exists() or steps < 1 else [next(train_iter)]  # bad data: no new work directory
     files.makedirs(workdir)
     ckpt = Checkpointer(workdir, every=int(tc.get("ckpt_every", 1000)), keep=int(tc.get("keep_checkpoints", 3)))
     if ckpt.latest_step() is not None:
@@ -166,17 +219,18 @@ def train(config, workdir: str, quiet: bool = False) -> dict:
         state = task.initial_state(state)
     start = int(jax.device_get(state.step))
     # Read the first batch before writing anything: bad data must leave an existing work directory as it was.
-    batches = itertools.chain([next(train_iter)], train_iter) if start < steps else iter(())
+    batches = itertools.chain(first or [next(train_iter)], train_iter) if start < steps else iter(())
     is_main = jax.process_index() == 0
     if is_main:
         files.write_text(os.path.join(workdir, "config.json"), config_lib.to_json(config))
     step_fn = compile_train_step(task, tc, mesh, state_shardings)
-    logger = MetricLogger(workdir, enabled=is_main)
+    logger = MetricLogger(workdir, enabled=is_main, start=start)
     log_every, max_bad = int(tc.get("log_every", 50)), int(tc.get("max_bad_steps", 20))
     timing = {}
     # Multi-process runs agree on stopping at logging steps, at least every 10 steps.
     with StopSignal(mesh, every=min(log_every, 10)) as stop, tqdm(total=steps, initial=start, disable=quiet or not is_main,
-                                    desc="train", dynamic_ncols=True) as bar:
+                                    desc="compiling the train step" if start < steps else "train",
+                                    dynamic_ncols=True) as bar:
         t_last, n_last = time.perf_counter(), start
         for step in range(start + 1, steps + 1):
             batch = shd.global_batch(next(batches), mesh)
@@ -186,6 +240,10 @@ def train(config, workdir: str, quiet: bool = False) -> dict:
                 jax.block_until_ready(metrics)
                 timing["first_step_s"] = time.perf_counter() - t0
                 t_last, n_last = time.perf_counter(), step
+                if not bar.disable:
+                    bar.write(f"train step compiled (or loaded from the compilation cache) and run once in "
+                              f"{timing['first_step_s']:.1f} s", file=sys.stderr)
+                    bar.set_description_str("train", refresh=False)
             bar.update(1)
             stopping = stop.agreed(step)
             if step % log_every == 0 or step == steps or stopping:
@@ -210,8 +268,10 @@ def train(config, workdir: str, quiet: bool = False) -> dict:
     ckpt.close()
     logger.close()
     report_state = _report_state(state)
-    report = task.finalize(report_state, workdir, val_source, final_rng) if is_main else {}
-    report = {"step": int(jax.device_get(state.step)), **timing, **report}
+    with quiet_progress(quiet):
+        report = task.finalize(report_state, workdir, val_source, final_rng) if is_main else {}
+    scored = {"split": "val", "num_scored": _num_scored(report)} if is_main else {}  # finalize scores `val`
+    report = {"step": int(jax.device_get(state.step)), **timing, **scored, **report}
     if is_main:
         files.write_text(os.path.join(workdir, "report.json"), files.strict_json(report, indent=2))
     return report

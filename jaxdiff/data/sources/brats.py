@@ -2,8 +2,10 @@
 
 Every sub-folder of `root` is a case. Files are checked lazily: a case is read, and its modalities validated
 (present, readable, finite, same 3D shape and affine, integer seg), the first time one of its slices is asked
-for; any problem raises an InputError naming the file. Labels follow BraTS (1 necrotic core, 2 oedema,
-4 enhancing tumour; 3 in BraTS 2023); the mask is the whole tumour, seg > 0.
+for; any problem raises an InputError naming the file (`python -m jaxdiff.train` reads every case of every split
+up front, `jaxdiff.data.check`, so a run meets none of these). Labels follow BraTS (1 necrotic core, 2 oedema,
+4 enhancing tumour; 3 in BraTS 2023); the mask is the whole tumour, seg > 0, or with `data.regions` the nested
+regions as channels ("brats": WT = {1, 2, 4}, TC = {1, 4}, ET = {4}; "brats2023": label 3 for 4).
 """
 from __future__ import annotations
 
@@ -13,7 +15,7 @@ import os
 import numpy as np
 
 from jaxdiff.data.sources import DEFAULT_FRACTIONS, NORMALISATIONS, axial_slices, check_split, \
-    normalise as normalise_volume, parse_modalities, split_cases
+    normalise as normalise_volume, parse_modalities, region_set, split_cases
 from jaxdiff.errors import InputError
 from jaxdiff.io.nifti import load_nifti, nifti_shape
 
@@ -23,7 +25,7 @@ CASE_SPLITS = ("random", "seed_s0")
 SEED_S0_CASES = (250, 73, 45)     # train, val, test of the 368 BraTS2020 training cases (seed S0)
 SEED_S0_SLICES = tuple(int(k) for k in np.rint(np.linspace(70, 100, 10)))     # 70, 73, 77, ..., 97, 100
 
-__all__ = ["CASE_SPLITS", "MODALITIES", "SEED_S0_CASES", "SEED_S0_SLICES", "BratsSlices", "case_file",
+__all__ = ["CASE_SPLITS", "MODALITIES", "SEED_S0_CASES", "SEED_S0_SLICES", "BratsSlices", "case_file", "case_parts",
            "list_cases", "load_case", "seed_s0_split", "split_cases"]
 
 
@@ -66,6 +68,13 @@ def seed_s0_split(cases) -> dict:
                                                                           ("test", test))}
 
 
+def case_parts(cases, case_split: str = "random", seed: int = 42, fractions=DEFAULT_FRACTIONS) -> dict:
+    """{"train", "val", "test": case names} of `cases` (all the case folders, sorted) under `case_split`."""
+    if case_split not in CASE_SPLITS:
+        raise InputError(f"config key data.split: {case_split!r} is not one of {', '.join(CASE_SPLITS)}")
+    return seed_s0_split(cases) if case_split == "seed_s0" else split_cases(cases, seed, fractions)
+
+
 def case_file(root: str, case: str, name: str) -> str:
     """Path of `<root>/<case>/<case>_<name>.nii.gz` (or `.nii`); InputError naming it when absent."""
     stem = os.path.join(root, case, f"{case}_{name}")
@@ -103,20 +112,28 @@ def load_case(root: str, case: str, modalities: tuple) -> dict:
 
 
 @functools.lru_cache(maxsize=512)
-def _slice_stack(root, case, modalities, slices, image_size, method):
-    """(images (N, S, S, C), masks (N, S, S, 1)) of one case's axial `slices`; cached per case (512 cases:
-    with the S0 recipe, 10 slices of 240 x 240, about 2.3 MB per case and modality)."""
+def _slice_stack(root, case, modalities, slices, image_size, method, regions=None):
+    """(images (N, S, S, C), masks (N, S, S, K)) of one case's axial `slices` (K: see `axial_slices`); cached
+    per case (512 cases: with the S0 recipe, 10 slices of 240 x 240, about 2.3 MB per case and modality). With
+    `regions`, a seg label that no region contains raises an InputError naming the seg file."""
     data = load_case(root, case, modalities)
     depth = data["seg"].shape[2]
     bad = [k for k in slices if not 0 <= k < depth]
     if bad:
         raise InputError(f"{case_file(root, case, 'seg')}: {depth} axial slices, slice index {bad[0]} out of range")
-    return axial_slices([normalise_volume(v, method) for v in data["volumes"]], data["seg"], slices, image_size)
+    if regions is not None:
+        extra = sorted(set(np.unique(data["seg"]).tolist()) - {0} - {k for r in region_set(regions) for k in r.labels})
+        if extra:
+            raise InputError(f"{case_file(root, case, 'seg')}: labels {extra} are in no region of data.regions="
+                             f"{regions!r}" + (" (BraTS 2023 labels: use 'brats2023')" if 3 in extra else ""))
+    return axial_slices([normalise_volume(v, method) for v in data["volumes"]], data["seg"], slices, image_size,
+                        regions)
 
 
 class BratsSlices:
-    """Axial BraTS slices: {"image": (S, S, C) float32 in [-1, 1], "mask": (S, S, 1) float32 {0, 1} (whole
-    tumour), "case": int (position in `list_cases(root)`)}; C = len(modalities), in that order.
+    """Axial BraTS slices: {"image": (S, S, C) float32 in [-1, 1], "mask": (S, S, K) float32 {0, 1}, "case": int
+    (position in `list_cases(root)`)}; C = len(modalities), in that order; K = 1 (whole tumour, seg > 0) or, with
+    `regions`, one channel per nested region (WT, TC, ET).
 
     Args:
       root: folder of case folders.
@@ -130,20 +147,24 @@ class BratsSlices:
         `sources.normalise`).
       case_split: "random" (`split_cases(cases, seed, fractions)`) or "seed_s0" (`seed_s0_split(cases)`;
         `seed` and `fractions` are then unused).
+      exclude: case folder names to leave out (`data.exclude_cases`); removed after the split, so the other
+        cases stay in their splits.
+      regions: `data.regions`: None (whole tumour), "brats" or "brats2023" (`sources.REGION_SETS`).
     """
 
     def __init__(self, root: str, split: str = "train", modalities=("t2",), image_size: int = 240,
                  slice_indices=None, normalise: str = "volume_max", seed: int = 42, fractions=DEFAULT_FRACTIONS,
-                 case_split: str = "random"):
+                 case_split: str = "random", exclude=(), regions=None):
         self.root = os.fspath(root)
+        self.regions = None if region_set(regions) is None else regions.lower()
         self.modalities = parse_modalities(modalities, MODALITIES)
         all_cases = list_cases(self.root)
-        if case_split not in CASE_SPLITS:
-            raise InputError(f"config key data.split: {case_split!r} is not one of {', '.join(CASE_SPLITS)}")
-        parts = seed_s0_split(all_cases) if case_split == "seed_s0" else split_cases(all_cases, seed, fractions)
-        self.cases = parts[check_split(split)]
+        excluded = set(exclude)
+        self.cases = [c for c in case_parts(all_cases, case_split, seed, fractions)[check_split(split)]
+                      if c not in excluded]
         if not self.cases:
-            raise InputError(f"{self.root}: {len(all_cases)} case folders leave split {split!r} empty")
+            raise InputError(f"{self.root}: {len(all_cases)} case folders leave split {split!r} empty"
+                             + (f" (data.exclude_cases leaves out {len(excluded)})" if excluded else ""))
         self.case_ids = {c: i for i, c in enumerate(all_cases)}
         if isinstance(slice_indices, str):
             if slice_indices != "seed_s0":
@@ -162,7 +183,19 @@ class BratsSlices:
     def __len__(self) -> int:
         return len(self.cases) * len(self.slices)
 
+    def case_volumes(self, cases=None):
+        """Whole cases of this split as stored (every slice, RAS, no resizing or normalisation).
+
+        cases: case folder names from `self.cases` (None: all, in split order). Yields {"case": folder name,
+        "images": {modality: (X, Y, Z) float32}, "seg": (X, Y, Z) int16 labels, "affine": (4, 4) float64 RAS}.
+        """
+        for case in (self.cases if cases is None else cases):
+            data = load_case(self.root, case, self.modalities)
+            yield {"case": case, "images": dict(zip(self.modalities, data["volumes"])), "seg": data["seg"],
+                   "affine": np.asarray(data["affine"], np.float64)}
+
     def __getitem__(self, idx: int) -> dict:
         case, slot = self.cases[idx // len(self.slices)], idx % len(self.slices)
-        images, masks = _slice_stack(self.root, case, self.modalities, self.slices, self.image_size, self.normalise)
+        images, masks = _slice_stack(self.root, case, self.modalities, self.slices, self.image_size, self.normalise,
+                                     self.regions)
         return {"image": images[slot].copy(), "mask": masks[slot].copy(), "case": np.int32(self.case_ids[case])}

@@ -16,7 +16,7 @@ import os
 import numpy as np
 from scipy import ndimage
 
-from jaxdiff.data.sources import DEFAULT_FRACTIONS, check_split, split_cases
+from jaxdiff.data.sources import DEFAULT_FRACTIONS, check_split, excluded_cases, split_cases
 from jaxdiff.errors import InputError
 from jaxdiff.io.nifti import load_nifti
 
@@ -92,12 +92,13 @@ class IxiVolumes:
     voxel -> mm (RAS), "case": int32 index of the file in the sorted folder listing}.
 
     Args: root (folder with `IXI*-T1.nii.gz`), split, shape (output voxels), spacing (mm), percentiles
-    (clip range), seed and fractions (case split). Volumes are cached per process (8 most recent).
+    (clip range), seed and fractions (case split), exclude (file names to leave out, `data.exclude_cases`;
+    removed after the split). Volumes are cached per process (8 most recent).
     """
     modalities = ("t1",)
 
     def __init__(self, root: str, split: str = "train", shape=DEFAULT_SHAPE, spacing=DEFAULT_SPACING,
-                 percentiles=DEFAULT_PERCENTILES, seed: int = 0, fractions=DEFAULT_FRACTIONS):
+                 percentiles=DEFAULT_PERCENTILES, seed: int = 0, fractions=DEFAULT_FRACTIONS, exclude=()):
         if not os.path.isdir(root):
             raise InputError(f"config key data.root: IXI folder {root!r} not found")
         self.files = sorted(glob.glob(os.path.join(root, PATTERN)))
@@ -105,7 +106,9 @@ class IxiVolumes:
             raise InputError(f"config key data.root: no {PATTERN} files in {root!r}")
         self.shape, self.spacing = tuple(shape), tuple(spacing)
         self.percentiles = tuple(float(p) for p in percentiles)
-        self.cases = split_cases(range(len(self.files)), int(seed), fractions)[check_split(split)]
+        excluded = set(exclude)
+        self.cases = [i for i in split_cases(range(len(self.files)), int(seed), fractions)[check_split(split)]
+                      if os.path.basename(self.files[i]) not in excluded]
         if not self.cases:
             raise InputError(f"config key data.fractions: {len(self.files)} IXI files leave split {split!r} empty")
 
@@ -127,4 +130,5 @@ def from_config(d, split: str) -> IxiVolumes:
     return IxiVolumes(str(d.get("root", "") or ""), split, shape=_triple(d.get("image_size", DEFAULT_SHAPE),
                                                                          "data.image_size", int),
                       spacing=_triple(d.get("spacing", DEFAULT_SPACING), "data.spacing"), percentiles=percentiles,
-                      seed=int(d.get("seed", 0)), fractions=tuple(d.get("fractions", DEFAULT_FRACTIONS)))
+                      seed=int(d.get("seed", 0)), fractions=tuple(d.get("fractions", DEFAULT_FRACTIONS)),
+                      exclude=excluded_cases(d))

@@ -43,6 +43,11 @@ class SliceFiles(NamedTuple):
     image: str
     mask: str
 
+    @property
+    def name(self) -> str:
+        """The slice's case name, `<patient>/<image file stem>` (what `data.exclude_cases` lists)."""
+        return f"{self.patient}/{os.path.splitext(os.path.basename(self.image))[0]}"
+
 
 def _natural_key(name: str) -> list:
     """Sort key putting `x_2` before `x_10`: digit runs compare as numbers."""
@@ -175,8 +180,9 @@ def seed_s1_split(has_tumour: Sequence[bool], stratified: bool = True) -> dict:
 
 @functools.lru_cache(maxsize=4)
 def _has_tumour(mask_paths: tuple) -> tuple:
-    """Per mask file, whether it has a foreground pixel (reads and checks every mask; cached per file list)."""
-    return tuple(bool(read_mask(p).any()) for p in mask_paths)
+    """Per mask file, whether it has a foreground pixel (reads and checks every mask; cached per file list);
+    a None path (an excluded slice) counts as no tumour."""
+    return tuple(p is not None and bool(read_mask(p).any()) for p in mask_paths)
 
 
 class LggSlices:
@@ -191,12 +197,14 @@ class LggSlices:
       split_mode: "random", a patient-level split (no patient in two splits), or "seed_s1", the seed's
         slice-level split stratified on has-tumour (`seed_s1_split`; reads every mask once when built).
       stratified: with "seed_s1", stratify on has-tumour as the seed did.
+      exclude: slice names `<patient>/<stem>` to leave out (`data.exclude_cases`), removed after the split (with
+        "seed_s1" an excluded slice's mask is not read and counts as no tumour in the stratification).
     """
 
     modalities = CHANNELS
 
     def __init__(self, root: str, split: str = "train", image_size: int = 32, seed: int = 42,
-                 fractions=DEFAULT_FRACTIONS, split_mode: str = "random", stratified: bool = True):
+                 fractions=DEFAULT_FRACTIONS, split_mode: str = "random", stratified: bool = True, exclude=()):
         self.root = os.fspath(root)
         check_split(split)
         if split_mode not in SPLIT_MODES:
@@ -205,11 +213,13 @@ class LggSlices:
             raise InputError(f"config key data.image_size: {image_size!r} is not a positive int")
         slices = list_slices(self.root)
         patients = [s.patient for s in slices]
+        excluded = set(exclude)
         if split_mode == "seed_s1":
-            parts = seed_s1_split(_has_tumour(tuple(s.mask for s in slices)), stratified)
+            parts = seed_s1_split(_has_tumour(tuple(None if s.name in excluded else s.mask for s in slices)),
+                                  stratified)
         else:
             parts = patient_split(patients, seed, fractions)
-        self.slices = [slices[i] for i in parts[split]]
+        self.slices = [slices[i] for i in parts[split] if slices[i].name not in excluded]
         if not self.slices:
             raise InputError(f"{self.root}: {len(slices)} slices of {len(set(patients))} patients leave split "
                              f"{split!r} empty")

@@ -15,15 +15,16 @@ import os
 import numpy as np
 from PIL import Image
 
-from jaxdiff.data.sources import DEFAULT_FRACTIONS, check_split, split_cases
+from jaxdiff.data.sources import DEFAULT_FRACTIONS, check_split, excluded_cases, split_cases
 from jaxdiff.errors import InputError
 from jaxdiff.preprocess.imageio import read_image
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg")
 
 
-def list_pairs(root: str) -> list[tuple[str, str, str]]:
-    """Sorted (name, image path, mask path) of `root`; InputError naming the folder or a missing mask."""
+def list_pairs(root: str, skip=()) -> list[tuple[str, str, str]]:
+    """Sorted (name, image path, mask path) of `root`; InputError naming the folder or a missing mask (but for
+    the names in `skip`, which are listed whether their mask is there or not)."""
     images_dir, masks_dir = os.path.join(root, "images"), os.path.join(root, "masks")
     if not os.path.isdir(images_dir):
         raise InputError(f"{images_dir}: folder not found (expected <root>/images/*.png and <root>/masks/*.png)")
@@ -35,7 +36,7 @@ def list_pairs(root: str) -> list[tuple[str, str, str]]:
     for f in names:
         stem = os.path.splitext(f)[0]
         mask = os.path.join(masks_dir, stem + ".png")
-        if not os.path.isfile(mask):
+        if not os.path.isfile(mask) and stem not in skip:
             raise InputError(f"{mask}: missing mask for image {os.path.join(images_dir, f)}")
         pairs.append((stem, os.path.join(images_dir, f), mask))
     return pairs
@@ -58,15 +59,18 @@ class MaskFolder:
       image_size: output side S in pixels.
       channels: 1 (grey; colour images are averaged) or 3 (grey repeated).
       seed, fractions: the split's permutation seed and (train, val, test) fractions.
+      exclude: image names (file stems) to leave out (`data.exclude_cases`), removed after the split.
     """
 
     def __init__(self, root: str, split: str = "train", image_size: int = 64, channels: int = 1, seed: int = 0,
-                 fractions=DEFAULT_FRACTIONS):
+                 fractions=DEFAULT_FRACTIONS, exclude=()):
         self.root = os.fspath(root)
-        pairs = list_pairs(self.root)
+        pairs = list_pairs(self.root, skip=exclude)
         self.case_ids = {name: i for i, (name, _, _) in enumerate(pairs)}
         by_name = {p[0]: p for p in pairs}
-        self.pairs = [by_name[n] for n in split_cases(list(by_name), seed, fractions)[check_split(split)]]
+        excluded = set(exclude)
+        self.pairs = [by_name[n] for n in split_cases(list(by_name), seed, fractions)[check_split(split)]
+                      if n not in excluded]
         if not self.pairs:
             raise InputError(f"{self.root}: {len(pairs)} images leave split {split!r} empty")
         if channels not in (1, 3):
@@ -94,4 +98,4 @@ def from_config(data_config, split: str) -> MaskFolder:
     if len(fractions) != 3:
         raise InputError(f"config key data.fractions: {fractions!r} is not (train, val, test)")
     return MaskFolder(root, split, image_size=int(d.get("image_size", 64)), channels=int(d.get("channels", 1) or 1),
-                      seed=int(d.get("seed", 0)), fractions=fractions)
+                      seed=int(d.get("seed", 0)), fractions=fractions, exclude=excluded_cases(d))

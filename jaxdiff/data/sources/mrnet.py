@@ -19,7 +19,7 @@ import os
 
 import numpy as np
 
-from jaxdiff.data.sources import _resize_stack, check_split, split_cases
+from jaxdiff.data.sources import _resize_stack, check_split, excluded_cases, split_cases
 from jaxdiff.errors import InputError
 
 PLANES = ("coronal", "axial", "sagittal")
@@ -66,11 +66,17 @@ def _exam_slices(path: str, slices: int, size: int) -> np.ndarray:
     return np.clip(_resize_stack(2.0 * x - 1.0, size, -1.0, order=1), -1.0, 1.0).astype(np.float32)
 
 
+def exam_name(folder: str, plane: str, exam: int) -> str:
+    """An exam's case name, `<train|valid>/<plane>/NNNN` (what `data.exclude_cases` lists)."""
+    return f"{folder}/{plane}/{int(exam):04d}"
+
+
 class MRNetSlices:
-    """Central slices of MRNet exams (see module docstring); `len` = exams x slices_per_exam."""
+    """Central slices of MRNet exams (see module docstring); `len` = exams x slices_per_exam. `exclude` names
+    exams to leave out (`exam_name`s, `data.exclude_cases`), removed after the val/test split."""
 
     def __init__(self, root: str, split: str = "train", plane: str = "coronal", image_size: int = 256,
-                 slices_per_exam: int = 5, label: str = "abnormal", seed: int = 0):
+                 slices_per_exam: int = 5, label: str = "abnormal", seed: int = 0, exclude=()):
         check_split(split)
         if plane not in PLANES:
             raise InputError(f"config key data.plane: {plane!r} is not one of {', '.join(PLANES)}")
@@ -83,6 +89,8 @@ class MRNetSlices:
         exams = sorted(int(f[:-4]) for f in os.listdir(directory) if f.endswith(".npy") and f[:-4].isdigit())
         if split != "train":
             exams = split_cases(exams, seed, (0.0, 0.5, 0.5))[split]
+        excluded = set(exclude)
+        exams = [e for e in exams if exam_name(folder, plane, e) not in excluded]
         if not exams:
             raise InputError(f"{directory}: no NNNN.npy exams for split {split!r}")
         self.paths = [os.path.join(directory, f"{e:04d}.npy") for e in exams]
@@ -115,4 +123,4 @@ def from_config(data_config, split: str) -> MRNetSlices:
         raise InputError(f"config key data.root: MRNet folder {root!r} not found")
     return MRNetSlices(root, split, plane=d.get("plane", "coronal"), image_size=int(d.get("image_size", 256)),
                        slices_per_exam=int(d.get("slices_per_exam", 5)), label=d.get("label", "abnormal"),
-                       seed=int(d.get("seed", 0)))
+                       seed=int(d.get("seed", 0)), exclude=excluded_cases(d))

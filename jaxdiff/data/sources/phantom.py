@@ -37,7 +37,8 @@ import numpy as np
 from scipy import ndimage
 from scipy.special import expit
 
-from jaxdiff.data.sources import DEFAULT_FRACTIONS, axial_slices, check_split, parse_modalities, split_cases
+from jaxdiff.data.sources import DEFAULT_FRACTIONS, axial_slices, check_split, parse_modalities, region_set, \
+    split_cases
 from jaxdiff.errors import InputError
 
 DEFAULT_SHAPE = (96, 96, 88)
@@ -300,11 +301,14 @@ def _choose_slices(plan: dict, count: int, tumour_only: bool) -> list:
 
 
 @functools.lru_cache(maxsize=1024)
-def _slice_stack(seed, index, count, image_size, modalities, tumour_only, tumour_fraction, shape, voxel_mm):
-    """(images (count, S, S, C), masks (count, S, S, 1)) of one phantom case; cached per case."""
+def _slice_stack(seed, index, count, image_size, modalities, tumour_only, tumour_fraction, shape, voxel_mm,
+                 regions=None):
+    """(images (count, S, S, C), masks (count, S, S, K)) of one phantom case (K: see `axial_slices`); cached
+    per case."""
     plan = _plan(index, seed, shape, voxel_mm, tumour_fraction)
     case = _render(plan, _choose_slices(plan, count, tumour_only), modalities)
-    return axial_slices([to_unit_range(case[m]) for m in modalities], case["seg"], range(count), image_size)
+    return axial_slices([to_unit_range(case[m]) for m in modalities], case["seg"], range(count), image_size,
+                        regions)
 
 
 class _PhantomSplit:
@@ -323,10 +327,24 @@ class _PhantomSplit:
         if not self.cases:
             raise InputError(f"config key data.num_cases: {num_cases} phantom cases leave split {split!r} empty")
 
+    def case_volumes(self, cases=None):
+        """Whole cases of this split, rendered in full as `make_case` renders them (only `modalities`).
+
+        cases: case indices from `self.cases` (None: all, in split order). Yields {"case": "phantom_<index>",
+        "images": {modality: (X, Y, Z) float32 phantom intensities}, "seg": (X, Y, Z) uint8 BraTS labels
+        {0, 1, 2, 4}, "affine": (4, 4) float64 RAS grid affine (`voxel_mm` voxels)}.
+        """
+        for index in (self.cases if cases is None else cases):
+            plan = _plan(int(index), self.seed, self.shape, self.voxel_mm, self.tumour_fraction)
+            case = _render(plan, np.arange(self.shape[2]), self.modalities)
+            yield {"case": f"phantom_{int(index):03d}", "images": {m: case[m] for m in self.modalities},
+                   "seg": case["seg"], "affine": plan["affine"].copy()}
+
 
 class PhantomSlices(_PhantomSplit):
-    """Axial phantom slices: {"image": (S, S, C) float32 in [-1, 1], "mask": (S, S, 1) float32 {0, 1} (whole
-    tumour), "case": int}, C = number of modalities (channel order as given).
+    """Axial phantom slices: {"image": (S, S, C) float32 in [-1, 1], "mask": (S, S, K) float32 {0, 1}, "case":
+    int}, C = number of modalities (channel order as given). K = 1, the whole tumour (seg > 0), unless `regions`
+    is set: "brats" gives K = 3 nested regions WT, TC, ET (`sources.REGION_SETS`, `sources.axial_slices`).
 
     Each case contributes `slices_per_case` slices, about half through its tumour (all of them with
     `tumour_only`, which also keeps only tumour cases) and the rest elsewhere in the brain. On first use a
@@ -336,9 +354,11 @@ class PhantomSlices(_PhantomSplit):
 
     def __init__(self, split: str = "train", image_size: int = 64, num_cases: int = 64, slices_per_case: int = 8,
                  modality="t2", seed: int = 0, tumour_only: bool = False, tumour_fraction: float = 0.8,
-                 shape=DEFAULT_SHAPE, voxel_mm: float = DEFAULT_VOXEL_MM, fractions=DEFAULT_FRACTIONS):
+                 shape=DEFAULT_SHAPE, voxel_mm: float = DEFAULT_VOXEL_MM, fractions=DEFAULT_FRACTIONS,
+                 regions=None):
         super().__init__(split, num_cases, seed, tumour_fraction, shape, voxel_mm, fractions, modality, tumour_only)
         self.image_size, self.slices_per_case = int(image_size), int(slices_per_case)
+        self.regions = None if region_set(regions) is None else regions.lower()
 
     def __len__(self) -> int:
         return len(self.cases) * self.slices_per_case
@@ -346,7 +366,8 @@ class PhantomSlices(_PhantomSplit):
     def __getitem__(self, idx: int) -> dict:
         case, slot = self.cases[idx // self.slices_per_case], idx % self.slices_per_case
         images, masks = _slice_stack(self.seed, case, self.slices_per_case, self.image_size, self.modalities,
-                                     self.tumour_only, self.tumour_fraction, self.shape, self.voxel_mm)
+                                     self.tumour_only, self.tumour_fraction, self.shape, self.voxel_mm,
+                                     self.regions)
         return {"image": images[slot].copy(), "mask": masks[slot].copy(), "case": np.int32(case)}
 
 

@@ -201,7 +201,12 @@ def _torch_load(path: str) -> dict:
 
 
 def _safetensors_load(path: str) -> dict:
-    from safetensors.numpy import load_file
+    """{name: NumPy array} of a .safetensors file through safetensors' NumPy reader (torch is not imported)."""
+    try:
+        from safetensors.numpy import load_file
+    except ImportError:
+        raise InputError(f"{path}: reading a .safetensors file needs the safetensors package "
+                         "(pip install -r requirements.txt, or pip install 'safetensors>=0.4.3,<1')") from None
     try:
         return load_file(path)
     except Exception as e:  # noqa: BLE001 -- header/format errors of a corrupt file
