@@ -21,9 +21,12 @@ os.environ.setdefault("JAXDIFF_COMPILATION_CACHE", os.path.join(REPO, ".pytest_c
 
 # The longest modules (minutes each on a 2-core machine, from `pytest --durations`) are collected first, so that
 # `-n 2 --dist loadscope` starts them at once and the short modules fill the other worker, instead of one worker
-# running the last long module alone at the end. the `long` tests are not in CI's run.
-LONG_MODULES = ("test_multihost.py", "test_cascade.py", "test_benchmark_smoke.py", "test_resilience.py",
-                "test_tasks.py", "test_brain3d.py", "test_xla_cpu_defaults.py", "test_loop.py", "test_parity.py")
+# running the last long module alone at the end. CI runs the `long` tests too (`-m "not long"` leaves them out of a
+# quick local run).
+LONG_MODULES = ("test_multihost.py", "test_cascade.py", "test_resilience.py", "test_benchmark_smoke.py",
+                "test_sampling_devices.py", "test_loop.py", "test_tasks.py", "test_regions_training.py",
+                "test_brain3d.py", "test_xla_cpu_defaults.py", "test_predict.py", "test_seg_eval3d.py",
+                "test_parity.py")
 
 
 def pytest_collection_modifyitems(config, items):

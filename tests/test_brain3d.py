@@ -152,7 +152,7 @@ def test_get_source_serves_phantom3d_patches():
 
 
 @pytest.mark.slow
-@pytest.mark.long  # minutes on a slow 2-core host; CI leaves it out, `pytest -m long` runs it
+@pytest.mark.long  # minutes on a 2-core host; in CI; `pytest -m "not long"` skips it locally
 def test_tiny_config_trains_and_samples_nifti_with_data_affine(tmp_path):
     from tests.conftest import run_python
     work = str(tmp_path / "w")

@@ -208,7 +208,7 @@ def test_torch_twin_parity(faithful):
 
 
 @pytest.mark.slow
-@pytest.mark.long  # minutes on a slow 2-core host; CI leaves it out, `pytest -m long` runs it
+@pytest.mark.long  # minutes on a 2-core host; in CI; `pytest -m "not long"` skips it locally
 def test_tiny_cascade_trains_and_samples(tmp_path):
     from tests.conftest import run_python
     workdirs = []

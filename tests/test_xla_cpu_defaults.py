@@ -36,7 +36,7 @@ def _run(defaults: str) -> dict:
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
-@pytest.mark.long  # minutes on a slow 2-core host; CI leaves it out, `pytest -m long` runs it
+@pytest.mark.long  # minutes on a 2-core host; in CI; `pytest -m "not long"` skips it locally
 def test_cpu_defaults_change_flags_not_results():
     import jaxdiff
     on, off = _run("1"), _run("0")
