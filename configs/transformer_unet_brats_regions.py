@@ -17,10 +17,15 @@ Check: python -m jaxdiff.summary --config configs/transformer_unet_brats_regions
 from configs import transformer_unet_brats
 
 
-def get_config():
-    c = transformer_unet_brats.get_config()
+def to_regions(c):
+    """An S0 config `c` made to train the three BraTS regions from T1ce, FLAIR and T2 (3 inputs, 3 logits)."""
     c.data.update(dict(regions="brats", modality="t1ce,flair,t2", channels=3))
     c.model.update(dict(in_channels=3, out_channels=3))
     c.error_head.update(dict(in_channels=3, out_channels=3))
+    return c
+
+
+def get_config():
+    c = to_regions(transformer_unet_brats.get_config())
     c.loss.dice_weight = 1.0
     return c

@@ -10,12 +10,8 @@ Predicted regions are turned into BraTS labels 2 / 1 / 4 by `jaxdiff.inference.l
 Run:   python -m jaxdiff.train --config configs/transformer_unet_tiny_regions.py --workdir runs/s0_tiny_regions
 Check: python -m jaxdiff.summary --config configs/transformer_unet_tiny_regions.py      (params: 409907)
 """
-from configs import transformer_unet_tiny
+from configs import transformer_unet_brats_regions, transformer_unet_tiny
 
 
 def get_config():
-    c = transformer_unet_tiny.get_config()
-    c.data.update(dict(regions="brats", modality="t1ce,flair,t2", channels=3))
-    c.model.update(dict(in_channels=3, out_channels=3))
-    c.error_head.update(dict(in_channels=3, out_channels=3))
-    return c
+    return transformer_unet_brats_regions.to_regions(transformer_unet_tiny.get_config())

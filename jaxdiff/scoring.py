@@ -197,9 +197,10 @@ def _run(jobs, workers: int, progress: bool, desc: str) -> list:
     return results
 
 
-def _csv_text(rows) -> str:
+def csv_text(rows, columns=COLUMNS) -> str:
+    """Per-case rows (dicts) as CSV text with a header; floats written with repr (full precision, nan, inf)."""
     buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=COLUMNS, lineterminator="\n")
+    writer = csv.DictWriter(buffer, fieldnames=columns, lineterminator="\n")
     writer.writeheader()
     for row in rows:
         writer.writerow({k: repr(v) if isinstance(v, float) else v for k, v in row.items()})
@@ -245,7 +246,7 @@ def score_folders(pred_dir: str, truth_dir: str, out_dir: str | None = None, reg
         "pred_dir": str(pred_dir), "truth_dir": str(truth_dir), "skipped": skipped, "per_case_csv": None,
     }
     if out_dir is not None:
-        summary["per_case_csv"] = files.write_text(os.path.join(str(out_dir), "per_case.csv"), _csv_text(rows))
+        summary["per_case_csv"] = files.write_text(os.path.join(str(out_dir), "per_case.csv"), csv_text(rows))
         files.write_text(os.path.join(str(out_dir), "summary.json"), files.strict_json(summary, indent=1))
     return summary
 

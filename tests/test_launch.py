@@ -145,7 +145,7 @@ def test_syntax(script):
     assert r.returncode == 0, r.stderr
 
 
-@pytest.mark.skipif(shutil.which("shellcheck") is None, reason="shellcheck not installed")
+@pytest.mark.skipif(shutil.which("shellcheck") is None, reason="shellcheck not installed (.ci/run installs it)")
 def test_shellcheck():
     r = subprocess.run(["shellcheck", *(os.path.join(LAUNCH, s) for s in SCRIPTS)], capture_output=True, text=True)
     assert r.returncode == 0, r.stdout

@@ -21,13 +21,12 @@ and per-region Dice of the whole case).
 """
 from __future__ import annotations
 
-import csv
-import io
 import os
 import time
 
 import numpy as np
 
+from jaxdiff import scoring
 from jaxdiff.errors import InputError
 from jaxdiff.io import files
 from jaxdiff.metrics import regions as regions_lib
@@ -159,15 +158,6 @@ def _figure(candidates, regions, out_dir, title_extra: str = "") -> str | None:
                                 suptitle=title_extra)
 
 
-def _csv_text(rows, columns) -> str:
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=columns, lineterminator="\n")
-    writer.writeheader()
-    for row in rows:
-        writer.writerow({k: repr(v) if isinstance(v, float) else v for k, v in row.items()})
-    return buffer.getvalue()
-
-
 def _headline(summary: dict, regions, rename=None) -> dict:
     """Report keys `<metric>_<region>` (mean over cases), `<metric>_<region>_std` and, where some cases are
     undefined, `<metric>_<region>_undefined`."""
@@ -184,7 +174,7 @@ def _headline(summary: dict, regions, rename=None) -> dict:
 
 
 def _write(out_dir, rows, columns, body: dict) -> dict:
-    csv_path = files.write_text(os.path.join(out_dir, "per_case.csv"), _csv_text(rows, columns))
+    csv_path = files.write_text(os.path.join(out_dir, "per_case.csv"), scoring.csv_text(rows, columns))
     body = {**body, "per_case_csv": csv_path}
     json_path = files.write_text(os.path.join(out_dir, "evaluation.json"), files.strict_json(body, indent=1))
     return {"per_case_csv": csv_path, "evaluation_json": json_path}
