@@ -17,7 +17,7 @@ import itertools
 import os
 import time
 
-import jaxdiff  # (XLA:CPU defaults before JAX starts)
+import jaxdiff.platform  # (XLA:CPU defaults: `main` applies them before JAX starts)
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -137,7 +137,7 @@ def alternatives():
 
     new = layers.PatchConvTranspose(32)
     np.testing.assert_allclose(new.apply(params, x), ref.apply(params, x), rtol=1e-5, atol=1e-5)
-    yield ("2x2 stride-2 transposed conv (S0 up4), value and gradients, x (16, 32, 32, 16) -> 32",
+    yield ("2x2 stride-2 transposed conv (TransformerUNet up4), value and gradients, x (16, 32, 32, 16) -> 32",
            median_ms(grad_of(ref.apply), params, x), median_ms(grad_of(new.apply), params, x))
     conv = xla_conv3x3
     for shape, k in (((4, 64, 64, 32), 32), ((4, 32, 32, 64), 64)):  # unet2d's DDIM batch, levels 1 and 2
@@ -188,7 +188,7 @@ def limits(n: int = 2048, conv_shapes=CONV_SHAPES, init_config=None):
     BLAS, the CPU's headroom), a 3x3 convolution's forward / input gradient / weight gradient at `conv_shapes`
     ((x shape, output channels); JAX and, when installed, PyTorch eager, NCHW as in the benchmark's twins, whose
     gradients are checked against JAX's), and the compile time of a UNet's init (default: configs/quickstart.py at
-    batch 8) at XLA's default options and at `jaxdiff.ONE_SHOT_CPU_COMPILER_OPTIONS`."""
+    batch 8) at XLA's default options and at `jaxdiff.platform.ONE_SHOT_CPU_COMPILER_OPTIONS`."""
     torch = _torch()
     for dtype in ("float32", "bfloat16"):
         jitted = jax.jit(jnp.matmul)
@@ -230,7 +230,7 @@ def limits(n: int = 2048, conv_shapes=CONV_SHAPES, init_config=None):
     task = tasks.build(config)
     batch = {"image": np.zeros((8, config.data.image_size, config.data.image_size, config.data.channels), np.float32)}
     init = jax.jit(task.init)
-    for name, options in (("XLA default", None), ("one-shot options", jaxdiff.ONE_SHOT_CPU_COMPILER_OPTIONS)):
+    for name, options in (("XLA default", None), ("one-shot options", jaxdiff.platform.ONE_SHOT_CPU_COMPILER_OPTIONS)):
         lowered = init.lower(jax.random.key(len(name)), batch)
         t0 = time.perf_counter()
         lowered.compile(compiler_options=options)
@@ -242,7 +242,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--limits", action="store_true", help="throughput and compile-time facts (`limits()`)")
     args = parser.parse_args()
-    jaxdiff.reexec_with_malloc_defaults()  # as the CLIs run: fresh buffers would page-fault in 4 KiB pages
+    jaxdiff.platform.setup(compilation_cache=False)  # as the CLIs run: XLA:CPU flags, huge-page malloc
     if args.limits:
         print("| measurement | value | unit |\n|---|---:|---|")
         for name, value, unit in limits():

@@ -1,4 +1,4 @@
-"""Time one training step of the full-size S0 segmenter (49,455,873 parameters + VAE head) at 240x240.
+"""Time one training step of the full-size TransUNet-style segmenter (49,455,873 parameters + VAE head) at 240x240.
 
     python -m benchmarks.s0_full_step [--batch 2] [--steps 3]
 

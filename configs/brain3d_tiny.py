@@ -1,4 +1,4 @@
-"""Tiny 3D brain DDPM for CPU: 16^3 region-labelled patches of 32^3 phantom T1 volumes, the S2 code path.
+"""Tiny 3D brain DDPM for CPU: 16^3 region-labelled patches of 32^3 phantom T1 volumes, BrainDiffusion's code path.
 
 Same model, patch pipeline, region conditioning (classifier-free guidance), remat and 3D outputs as
 configs/brain3d_ddpm.py with tiny widths. Sampling makes whole 32^3 volumes (`sample.whole_volume`), written

@@ -1,7 +1,7 @@
-"""Seed S3 cascade, stage 2 (SR1): 64x64 -> 128x128 super-resolution DDPM, conditioned on the bilinear x2
+"""Cascaded super-resolution DDPM, stage 2 (SR1): 64x64 -> 128x128 super-resolution DDPM, conditioned on the bilinear x2
 upsample of the low-res image; UNet without SAGAN and gates, Swin bottleneck at 16x16. T = 1000.
-Noise-conditioning augmentation is off as in the seed; turn it on with
---config.diffusion.low_res_noise=0.2 --config.model.aug_level=True. The seed's parametrisation is kept here
+Noise-conditioning augmentation is off as in the original; turn it on with
+--config.diffusion.low_res_noise=0.2 --config.model.aug_level=True. The original's parametrisation is kept here
 (eps-prediction of the high-res image); the tiny configs diffuse the residual to the bilinear upsample with
 x0-prediction instead (--config.diffusion.residual=True --config.diffusion.prediction=x0; see
 configs/cascade_sr1_tiny.py for why).

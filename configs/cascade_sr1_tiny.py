@@ -1,13 +1,13 @@
 """configs/cascade_sr1.py shrunk for 2 CPU cores: 64x64 -> 128x128 stage of the tiny cascade (Swin at 32x32,
 T = 1000, noise-conditioning augmentation on: up to 10% of T in training, 5% at sampling).
 
-Unlike the seed's setup (configs/cascade_sr1.py: eps-prediction of the high-res image), the chain runs on the
+Unlike the original's setup (configs/cascade_sr1.py: eps-prediction of the high-res image), the chain runs on the
 residual high-res - bilinear(low-res) with x0-prediction (diffusion.residual=True, prediction="x0"): an
-untrained denoiser then returns the bilinear upsample. With the seed's parametrisation this 44k-parameter model
+untrained denoiser then returns the bilinear upsample. With the original's parametrisation this 44k-parameter model
 returned noise after 300 steps (SR PSNR 11.1 dB, SSIM 0.05 against bilinear's 36.9 dB, 0.95): an eps-model must
 learn eps = (x_t - sqrt(abar) x0) / sqrt(1 - abar), a gain up to 34x that changes with t, to use its low-res
 input, and after 300 steps its one-step x0 estimate was 21-28 dB at t = 10..111 where copying the input gives
-36.8 dB (x0-prediction on the image itself: 20.5 dB). The seed's setup: --config.diffusion.residual=False
+36.8 dB (x0-prediction on the image itself: 20.5 dB). The original's setup: --config.diffusion.residual=False
 --config.diffusion.prediction=eps.
 
 Run:   python -m jaxdiff.train --config configs/cascade_sr1_tiny.py --workdir runs/cascade_tiny_sr1

@@ -1,5 +1,5 @@
-"""Seed S3 cascade, stage 3 (SR2): 128x128 -> 256x256 super-resolution DDPM (as SR1, Swin bottleneck at 32x32),
-T = 2000.
+"""Cascaded super-resolution DDPM, stage 3 (SR2): 128x128 -> 256x256 super-resolution DDPM (as SR1, Swin
+bottleneck at 32x32), T = 2000.
 
 Run:   python -m jaxdiff.train --config configs/cascade_sr2.py --workdir runs/cascade_sr2
        whole cascade: python -m jaxdiff.sample --cascade runs/cascade_base64,runs/cascade_sr1,runs/cascade_sr2

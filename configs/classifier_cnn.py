@@ -1,6 +1,7 @@
-"""Seed S4's custom CNN baseline (the seed names it without layers; see jaxdiff/models/classifiers/cnn.py):
-4 blocks of conv3x3-BN-ReLU-maxpool (32, 64, 128, 256), global average pool, dropout 0.5, 2-class head;
-389,410 parameters. Trained from scratch on the yes/no folders at 240x240 RGB with balanced class weights.
+"""The brain-tumour toolkit's custom CNN baseline (the toolkit names it without layers; see
+jaxdiff/models/classifiers/cnn.py): 4 blocks of conv3x3-BN-ReLU-maxpool (32, 64, 128, 256), global average pool,
+dropout 0.5, 2-class head; 389,410 parameters. Trained from scratch on the yes/no folders at 240x240 RGB with
+balanced class weights.
 
 Run:   python -m jaxdiff.train --config configs/classifier_cnn.py --workdir runs/cnn \
          --config.data.root=/path/to/brain_tumor_dataset

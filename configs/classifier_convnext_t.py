@@ -1,4 +1,4 @@
-"""Seed S4: ConvNeXt-T (torchvision layout, 28,589,128 parameters with the 1000-class head), 224x224 RGB
+"""ConvNeXt-T (torchvision layout, 28,589,128 parameters with the 1000-class head), 224x224 RGB
 yes/no, drop path 0.1, LayerScale 1e-6; AdamW as ConvNeXt is usually trained.
 
 Transfer learning as in configs/classifier_resnet50.py (torchvision convnext_tiny-983f1562.pth or a Hugging

@@ -1,4 +1,4 @@
-"""Seed S4: EfficientNetV2-S (torchvision layout, 21,458,488 parameters with the 1000-class head), 224x224 RGB
+"""EfficientNetV2-S (torchvision layout, 21,458,488 parameters with the 1000-class head), 224x224 RGB
 yes/no, stochastic depth 0.2 (the "dropout" rng) and dropout 0.2 before the head.
 
 Transfer learning as in configs/classifier_resnet50.py (weights file e.g. efficientnet_v2_s-dd5fe13b.pth):

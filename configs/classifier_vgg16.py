@@ -1,4 +1,4 @@
-"""Seed S4: VGG16 (torchvision layout, 138,357,544 parameters with the 1000-class head), 224x224 RGB yes/no.
+"""VGG16 (torchvision layout, 138,357,544 parameters with the 1000-class head), 224x224 RGB yes/no.
 
 Transfer learning as in configs/classifier_resnet50.py (weights file e.g. vgg16-397923af.pth):
   python -m jaxdiff.train --config configs/classifier_vgg16.py --workdir runs/vgg16 \

@@ -1,4 +1,4 @@
-"""Seed S3's comparison model: a single-stage 256x256 DDPM with the same AttentionUNet (Swin bottleneck at
+"""The cascade's comparison model: a single-stage 256x256 DDPM with the same AttentionUNet (Swin bottleneck at
 32x32, attention gates) and the base stage's schedule and optimiser. SAGAN is off: at 256x256 its attention
 map (65536^2 per image) does not fit any accelerator.
 

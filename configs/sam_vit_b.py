@@ -10,23 +10,19 @@ Cost:  the jitted 1024x1024 image encoder on 2 CPU cores is measured in the READ
 """
 import ml_collections
 
+from jaxdiff import config_defaults
+
 
 def get_config():
-    c = ml_collections.ConfigDict()
-    c.seed = 0
+    c = config_defaults.get_config("data", "train", "mesh", "eval")
     c.task = "promptable_segmentation"
     c.model = ml_collections.ConfigDict(dict(
         name="sam", image_size=1024, patch_size=16, encoder_dim=768, encoder_depth=12, encoder_heads=12,
         mlp_ratio=4.0, window_size=14, global_attn_indexes=(2, 5, 8, 11), prompt_dim=256, mask_in_chans=16,
         decoder_depth=2, decoder_heads=8, decoder_mlp_dim=2048, num_multimask_outputs=3, iou_head_depth=3,
         iou_head_hidden_dim=256, decoder_ln_eps=1e-5))
-    c.data = ml_collections.ConfigDict(dict(
-        source="mask_folder", root="", image_size=1024, channels=3, seed=0, fractions=(0.8, 0.1, 0.1),
-        clahe=False, augment=False, num_workers=0))
-    c.train = ml_collections.ConfigDict(dict(
-        steps=2000, batch_size=2, lr=1e-5, warmup_steps=100, lr_schedule="cosine", optimizer="adamw",
-        grad_clip=1.0, ema=0.0, accum_steps=1, precision="fp32", log_every=20, ckpt_every=500,
-        keep_checkpoints=2, max_bad_steps=20))
-    c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1))
-    c.eval = ml_collections.ConfigDict(dict(num_examples=32, batch_size=2))
+    c.data.update(dict(source="mask_folder", image_size=1024, channels=3, seed=0))
+    c.train.update(dict(steps=2000, batch_size=2, lr=1e-5, warmup_steps=100, grad_clip=1.0, log_every=20,
+                        ckpt_every=500, keep_checkpoints=2))
+    c.eval.update(dict(num_examples=32, batch_size=2))
     return c

@@ -1,7 +1,7 @@
-"""Seed S0's architecture at narrow widths on phantom T2 slices, 64x64: trains on 2 CPU cores in minutes.
+"""The transformer-UNet BraTS segmenter at narrow widths on phantom T2 slices, 64x64: trains on 2 CPU cores in minutes.
 
-Run:   python -m jaxdiff.train --config configs/transformer_unet_tiny.py --workdir runs/s0_tiny
-       python -m jaxdiff.evaluate --workdir runs/s0_tiny
+Run:   python -m jaxdiff.train --config configs/transformer_unet_tiny.py --workdir runs/transformer_unet_tiny
+       python -m jaxdiff.evaluate --workdir runs/transformer_unet_tiny
 Cost:  see README (measured on 2 CPU cores).
 """
 from configs import transformer_unet_brats

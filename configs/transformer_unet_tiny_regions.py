@@ -7,7 +7,8 @@ error head's reconstruction of the 3-channel error map. Input: T1ce, FLAIR and T
 T1ce, oedema on FLAIR and T2). Everything else is the tiny config's (phantom cases, 64x64, 400 steps).
 Predicted regions are turned into BraTS labels 2 / 1 / 4 by `jaxdiff.inference.labels_from_probabilities`.
 
-Run:   python -m jaxdiff.train --config configs/transformer_unet_tiny_regions.py --workdir runs/s0_tiny_regions
+Run:   python -m jaxdiff.train --config configs/transformer_unet_tiny_regions.py \
+         --workdir runs/transformer_unet_tiny_regions
 Check: python -m jaxdiff.summary --config configs/transformer_unet_tiny_regions.py      (params: 409907)
 """
 from configs import transformer_unet_brats_regions, transformer_unet_tiny

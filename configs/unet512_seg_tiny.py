@@ -1,6 +1,6 @@
 """`configs/unet512_seg.py` shrunk for 2 CPU cores: the same U-Net at widths 8/16/32/64, bridge 128, on 32x32
 phantom T1ce tumour slices (128 cases x 4 slices), Adam 1e-3, 400 steps at batch 16, with a soft Dice term
-added to the seed's cross-entropy (small tumours at 32x32); ends with Dice / IoU / HD95 on held-out slices.
+added to the original's cross-entropy (small tumours at 32x32); ends with Dice / IoU / HD95 on held-out slices.
 
 Run:   python -m jaxdiff.train --config configs/unet512_seg_tiny.py --workdir runs/unet512_tiny
 Cost:  2 min 32 s wall (64 s CPU) on a shared, heavily loaded 2-core AMD EPYC CPU (load average ~15): first

@@ -4,12 +4,15 @@ A config is a Python file with `get_config() -> ml_collections.ConfigDict` (see 
 `--config FILE` and ml_collections overrides `--config.a.b=value`. Every mistake (missing file, unknown key,
 unparsable value) becomes an `InputError` naming the file or key, so the entry points can exit with one line.
 
-Keys in `OPTIONAL_KEYS` work with every model: a config file may leave them out, and `parse` adds them with their
-defaults before it applies the overrides, so `--config.train.trainable="('head',)"` works for any config. Keys whose
-default depends on the data source, task or model (`READ_KEYS`, and every field of the model named by
-`model.name`) may be set on the command line when the file leaves them out; the reading code's default applies
-otherwise. A key whose value is None (or a list) takes any value a config file could give it: the text is read as a
-Python literal (`(60, 80)`, `3`, `True`), else kept as a string (`seed_s0`).
+Every key and its default is written once, in `jaxdiff.config_defaults`. Keys with one default everywhere
+(`OPTIONAL_KEYS`) may be left out of a config file: `parse` (and `from_json_file`, for a work directory's config.json
+written before a key existed) fills them in before it applies the overrides, so `--config.train.trainable="('head',)"`
+works for any config. Keys whose default depends on the data source, task or model (`READ_KEYS`, and every field of
+the model named by `model.name`) may be set on the command line when the file leaves them out; the reading code's
+default applies otherwise. A key whose value is None (or a list) takes any value a config file could give it: the
+text is read as a Python literal (`(60, 80)`, `3`, `True`), else kept as a string (`brats_250_73_45`). Names written
+by earlier versions (`config_defaults.RENAMED_VALUES`, e.g. `data.split="seed_s0"`) are read as today's with a
+one-line `FutureWarning`.
 
 `--help` (`-h`) prints the entry point's usage and flags (and, with `--config FILE`, the file's keys and values);
 `key_lines` lists a config's keys (`python -m jaxdiff.summary --config FILE --keys`). `check_output_dir` refuses a
@@ -30,54 +33,24 @@ import ml_collections
 from absl import flags
 from ml_collections import config_flags
 
+from jaxdiff import config_defaults
 from jaxdiff.errors import InputError
 
 
-# Keys that every task and model reads (with these defaults) and a config file may omit: "section.key" -> default.
-OPTIONAL_KEYS = {
-    "xla_cpu_fusion": "",            # XLA:CPU fusion types for YNNPACK ("" = jaxdiff's default set)
-    "train.trainable": (),           # regexes of trained parameter names (() = all); others frozen
-    "train.freeze_batch_stats": True,  # with train.trainable: frozen BatchNorm layers use running statistics
-    "train.weight_decay": 0.0,       # adamw's decoupled weight decay
-    "train.final_lr_fraction": 0.0,  # cosine schedule ends at lr * this
-    "train.ema": 0.0,                # EMA decay of the parameters (0: off; evaluation then uses the raw ones)
-    "train.warmup_steps": 0,         # linear learning-rate warmup
-    "train.lr_schedule": "cosine",   # cosine or constant
-    "train.optimizer": "adamw",      # adamw, adam or sgd
-    "train.momentum": 0.9,           # sgd's momentum
-    "train.grad_clip": 0.0,          # global-norm gradient clipping (0: off)
-    "train.precision": "fp32",       # fp32 or bf16 compute
-    "train.ckpt_every": 1000,        # steps between checkpoints
-    "train.keep_checkpoints": 3,     # checkpoints kept
-    "train.log_every": 50,           # steps between metrics.jsonl rows
-    "train.max_bad_steps": 20,       # non-finite steps in a row that stop the run
-    "data.num_workers": 0,           # grain worker processes
-    "data.slices": None,             # BraTS: slice indices per case, (60, 80), or "seed_s0" (None: the source's)
-    "data.skip_bad_cases": False,    # skip cases that fail the start-up data check (with a warning), not stop
-    "data.patch_size": None,         # 3D: train on random patches of this shape (None: whole volumes)
-    "data.augment": False,           # the seed S0 training augmentation (flips, rotations)
-    "data.clahe": False,             # CLAHE contrast equalisation on every split
-    "data.faithful_augment_test": False,  # also augment val/test (the seed S0's behaviour)
-}
+# Keys with one default everywhere ("section.key" -> default, see `jaxdiff.config_defaults.SECTIONS`): a config file
+# may omit them, and `parse` fills them in each section the config has before it applies the overrides.
+OPTIONAL_KEYS = {(f"{section}.{key}" if section else key): default
+                 for section, keys in config_defaults.SECTIONS.items() for key, default in keys.items()}
 
-# Keys that some data sources, tasks or models read with their own defaults (see `jaxdiff.data.pipeline`,
-# `jaxdiff.data.sources`, `jaxdiff.tasks`): a config file may leave them out and the command line may still set
-# them (`--config.data.seed=3`); left out, the reading code's default applies. Every field of the model class named
-# by `model.name` may be set the same way (see `model_fields`).
-READ_KEYS = {
-    "data": ("root", "image_size", "channels", "dims", "num_cases", "slices_per_case", "modality", "seed",
-             "tumour_only", "tumour_fraction", "fractions", "split", "normalise", "stratified", "patches_per_volume",
-             "spacing", "clip_percentiles", "plane", "label", "slices_per_exam", "balance", "input_norm",
-             "low_res_size", "exclude_cases", "regions"),
-    "train": ("b1", "b2", "label_smoothing", "class_weights", "init_from", "init_head"),
-    "diffusion": ("prediction", "loss", "sampler", "sample_steps", "eta", "clip_x0", "guidance_scale",
-                  "min_snr_gamma", "cond_drop", "ensemble", "fusion", "low_res_noise", "low_res_noise_sample"),
-    "eval": ("num_cases", "num_examples", "batch_size"),
-    "sample": ("num", "kid", "kid_features", "kid_weights", "kid_image_size", "kid_num", "kid_steps",
-               "whole_volume"),
-    "loss": ("error_weight", "kl_weight", "dice_weight"),
-    "mesh": ("data", "fsdp", "fsdp_min_size"),
-}
+# Keys that some data sources, tasks or models read with their own defaults (`jaxdiff.config_defaults.READ_KEYS`
+# says which): a config file may leave them out and the command line may still set them (`--config.data.seed=3`);
+# left out, the reading code's default applies. Every field of the model class named by `model.name` may be set the
+# same way (see `model_fields`).
+READ_KEYS = {}
+for _dotted in config_defaults.READ_KEYS:
+    _section, _key = _dotted.split(".")
+    READ_KEYS[_section] = READ_KEYS.get(_section, ()) + (_key,)
+del _dotted, _section, _key
 
 # Types whose overrides ml_collections' config flags parse (a key holding anything else, None included, is parsed
 # here with `literal`).
@@ -86,16 +59,9 @@ HELP_ARGS = ("--help", "-h", "-help", "--helpshort", "--helpfull")
 
 
 def with_optional_keys(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
-    """A copy of `config` with each `OPTIONAL_KEYS` entry it lacks set to its default (sections must exist)."""
-    config = ml_collections.ConfigDict(config.to_dict())
-    for dotted, default in OPTIONAL_KEYS.items():
-        *sections, key = dotted.split(".")
-        node = config
-        for section in sections:
-            node = node.get(section) if isinstance(node, ml_collections.ConfigDict) else None
-        if isinstance(node, ml_collections.ConfigDict) and key not in node:
-            node[key] = default
-    return config
+    """A copy of `config` with old names read as today's (`config_defaults.upgrade`, a note each) and each
+    `OPTIONAL_KEYS` entry it lacks set to its default, in the sections it has (`config_defaults.fill`)."""
+    return config_defaults.fill(config)
 
 
 def _import_roots(config_path: str) -> None:
@@ -127,7 +93,7 @@ def _load(config_path: str) -> ml_collections.ConfigDict:
 
 def literal(text: str):
     """A command-line value as a config file would write it: a Python literal (`3`, `(60, 80)`, `None`, `True`;
-    absl's `true` / `false` too), else the text itself as a string (`seed_s0`)."""
+    absl's `true` / `false` too), else the text itself as a string (`brats_250_73_45`)."""
     text = {"true": "True", "false": "False"}.get(text, text)
     try:
         return ast.literal_eval(text)
@@ -279,7 +245,9 @@ def parse(argv: list[str], define_extra=None, require_config: bool = True):
         fv(rest)
     except flags.Error as e:
         raise InputError(str(e).splitlines()[0]) from None
-    return (holder.value if holder is not None else None), fv
+    if holder is None:
+        return None, fv
+    return config_defaults.upgrade(holder.value), fv  # an old name given on the command line
 
 
 def load(config_path: str) -> ml_collections.ConfigDict:
@@ -339,9 +307,9 @@ def help_text(argv: list[str], fv, define_extra=None, require_config: bool = Tru
                 "      A config file (configs/NAME.py, or a work directory's config.json).",
                 "  --config.KEY=VALUE",
                 textwrap.fill("Set one key of the config, written as in a config file: --config.train.steps=100, "
-                              "--config.data.slices=\"(60, 80)\", --config.data.split=seed_s0. Keys the file leaves "
-                              "out that jaxdiff reads (optional keys, the data source's, task's and model's) may be "
-                              "set too.", 100, initial_indent=" " * 6, subsequent_indent=" " * 6),
+                              "--config.data.slices=\"(60, 80)\", --config.data.split=brats_250_73_45. Keys the "
+                              "file leaves out that jaxdiff reads (optional keys, the data source's, task's and "
+                              "model's) may be set too.", 100, initial_indent=" " * 6, subsequent_indent=" " * 6),
                 "  List a config's keys, their values and the optional ones:",
                 "      python -m jaxdiff.summary --config FILE --keys"]
     else:
@@ -366,9 +334,10 @@ def _required(fv) -> set:
 def check_output_dir(path: str, flag: str = "--workdir") -> None:
     """InputError (naming `flag` and `path`) when the local folder `path` cannot be created or written: it is a
     regular file, one of its parents is a file, or the nearest existing folder is not writable. URLs (gs://...)
-    are not checked."""
+    are checked only for their file system being installed (`files.check_filesystem`: gs:// needs gcsfs)."""
     from jaxdiff.io import files
     if not path or not files.is_local(path):
+        files.check_filesystem(path, flag)
         return
     full = os.path.abspath(path)
     if os.path.exists(full) and not os.path.isdir(full):

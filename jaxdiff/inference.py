@@ -32,11 +32,15 @@ from __future__ import annotations
 import functools
 import os
 import sys
+from typing import TYPE_CHECKING
 
 import numpy as np
 from scipy import ndimage
 
 from jaxdiff.errors import InputError
+
+if TYPE_CHECKING:
+    import nibabel as nib
 
 SEGMENTATION_TASKS = ("segmentation", "segmentation_diffusion")
 TASKS = (*SEGMENTATION_TASKS, "classification")
@@ -781,16 +785,17 @@ def _warn_phantom_range(data: dict) -> None:
               file=sys.stderr)
 
 
-def load_run(workdir: str, **kwargs) -> Predictor:
-    """A `Predictor` for the latest checkpoint of a work directory (`training.checkpoint.load_for_inference`),
+def load_run(workdir: str, overrides: dict | None = None, **kwargs) -> Predictor:
+    """A `Predictor` for the latest checkpoint of a work directory (`jaxdiff.experiment.load_for_inference`),
     with its EMA parameters (the raw ones for a non-diffusion run trained with `train.ema` 0).
+    overrides: config keys set before the task is built (`load_for_inference`), e.g. {"diffusion.sampler": "dpm++"}.
     kwargs: `Predictor`'s batch_size, ensemble, num_steps, seed, skip_empty."""
     from jaxdiff import config as config_lib
     task_name = str(config_lib.from_json_file(os.path.join(os.fspath(workdir), "config.json")).get("task", ""))
     if task_name not in (*TASKS, *PROMPT_TASKS):
         raise InputError(f"{workdir} is a {task_name} run; predict handles tasks "
                          f"{', '.join((*TASKS, *PROMPT_TASKS))}")
-    from jaxdiff.training.checkpoint import load_for_inference
-    config, task, state = load_for_inference(os.fspath(workdir))
+    from jaxdiff.experiment import load_for_inference
+    config, task, state = load_for_inference(os.fspath(workdir), overrides)
     ema = config.task == "segmentation_diffusion" or float(config.train.get("ema", 0.0)) > 0
     return Predictor(config, task, state.variables(ema=ema), **kwargs)

@@ -25,17 +25,16 @@ Outputs (written only after every case was scored)
 from __future__ import annotations
 
 import concurrent.futures
-import csv
-import io
 import multiprocessing
 import os
 import warnings
 
 import numpy as np
 
+from jaxdiff import reporting
 from jaxdiff.errors import InputError
-from jaxdiff.io import files
 from jaxdiff.metrics import regions as regions_lib
+from jaxdiff.reporting import summary_table  # noqa: F401 (the table `jaxdiff.evaluate` prints)
 
 COLUMNS = ("case", "region") + regions_lib.METRICS + regions_lib.COUNTS
 _EXTENSIONS = (".nii.gz", ".nii")
@@ -197,16 +196,6 @@ def _run(jobs, workers: int, progress: bool, desc: str) -> list:
     return results
 
 
-def csv_text(rows, columns=COLUMNS) -> str:
-    """Per-case rows (dicts) as CSV text with a header; floats written with repr (full precision, nan, inf)."""
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=columns, lineterminator="\n")
-    writer.writeheader()
-    for row in rows:
-        writer.writerow({k: repr(v) if isinstance(v, float) else v for k, v in row.items()})
-    return buffer.getvalue()
-
-
 def score_folders(pred_dir: str, truth_dir: str, out_dir: str | None = None, regions=None,
                   empty_hd95="diagonal", workers: int | None = None, progress: bool = True, *,
                   both_empty: str = "perfect", unpaired: str = "error", connectivity: int = 1,
@@ -246,19 +235,6 @@ def score_folders(pred_dir: str, truth_dir: str, out_dir: str | None = None, reg
         "pred_dir": str(pred_dir), "truth_dir": str(truth_dir), "skipped": skipped, "per_case_csv": None,
     }
     if out_dir is not None:
-        summary["per_case_csv"] = files.write_text(os.path.join(str(out_dir), "per_case.csv"), csv_text(rows))
-        files.write_text(os.path.join(str(out_dir), "summary.json"), files.strict_json(summary, indent=1))
+        summary["per_case_csv"] = reporting.write_case_scores(out_dir, rows, COLUMNS, summary,
+                                                              "summary.json")["per_case_csv"]
     return summary
-
-
-def summary_table(summary: dict, metrics=("dice", "hd95_mm", "iou", "sensitivity", "specificity", "assd_mm")) -> str:
-    """Plain-text table of a summary: one line per region, mean +- std and median [q1, q3] per metric."""
-    lines = [summary["title"]]
-    for region, values in summary["metrics"].items():
-        cells = []
-        for m in metrics:
-            s = values[m]
-            cells.append(f"{m} {s['mean']:.4g} +- {s['std']:.3g} (median {s['median']:.4g} [{s['q1']:.4g}, "
-                         f"{s['q3']:.4g}], n={s['n']})")
-        lines.append(f"  {region}: " + "; ".join(cells))
-    return "\n".join(lines)

@@ -14,7 +14,7 @@ os.environ.setdefault("JAXDIFF_XLA_CPU_DEFAULTS", "0")
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
-# Training, sample and evaluate turn on JAX's persistent compilation cache (`jaxdiff.enable_compilation_cache`): in
+# Training, sample and evaluate turn on JAX's persistent compilation cache (`jaxdiff.platform.setup`): in
 # the tests (and the processes they start) it lives in pytest's cache folder instead of the user's ~/.cache, so a
 # suite run reuses the programs that earlier runs of the same tiny models compiled, and leaves the home folder alone.
 os.environ.setdefault("JAXDIFF_COMPILATION_CACHE", os.path.join(REPO, ".pytest_cache", "d", "jaxdiff_xla"))
@@ -26,7 +26,8 @@ os.environ.setdefault("JAXDIFF_COMPILATION_CACHE", os.path.join(REPO, ".pytest_c
 LONG_MODULES = ("test_multihost.py", "test_cascade.py", "test_resilience.py", "test_benchmark_smoke.py",
                 "test_sampling_devices.py", "test_loop.py", "test_tasks.py", "test_regions_training.py",
                 "test_brain3d.py", "test_xla_cpu_defaults.py", "test_predict.py", "test_seg_eval3d.py",
-                "test_parity.py")
+                "test_parity.py", "test_export.py", "test_gpu_check.py", "test_gcs.py", "test_dpm_solver.py",
+                "test_import.py")
 
 
 def pytest_collection_modifyitems(config, items):

@@ -40,8 +40,8 @@ def test_remat_and_chunked_attention_change_neither_loss_nor_gradients():
     plain = unet3d(dropout=0.2)
     other = unet3d(dropout=0.2, remat=("res", "attn"), attention_chunk=96)   # 512 = 5 x 96 + 32: padded chunk
     v = random_params(plain, x, cond)
-    regions = [str(jax.make_jaxpr(lambda p, m=unet3d(remat=r): m.apply(p, x, T, cond))(v)).count("remat")
-               for r in ("res", "attn", True)]
+    models = [unet3d(remat=r) for r in ("res", "attn", True)]
+    regions = [str(jax.make_jaxpr(lambda p, m=m: m.apply(p, x, T, cond))(v)).count("remat") for m in models]
     assert regions == [5, 4, 5 + 4]                           # 5 ResBlocks, 4 attention blocks recomputed
 
     def loss_grad(model):

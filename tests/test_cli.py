@@ -1,6 +1,6 @@
 """The command-line entry points as a new user meets them: `--help`, `summary --keys`, a work directory that
 cannot be one, `sample` / `evaluate` on a run of a task they do not serve, and the end-of-run table
-(`jaxdiff.report_table`). Entry points run in this process (`main([...])`), with the training loop and the
+(`jaxdiff.reporting`). Entry points run in this process (`main([...])`), with the training loop and the
 checkpoint restore replaced where a test must show they are never reached."""
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from jaxdiff import config as config_lib
-from jaxdiff.report_table import format_report
+from jaxdiff.reporting import format_report
 
 from conftest import REPO
 
@@ -61,10 +61,10 @@ def test_help_after_a_config_lists_its_keys_and_values(capsys):
 
 
 def test_summary_keys_lists_values_overrides_and_the_keys_code_reads(capsys):
-    assert run_main("summary", "--config", SEG_CONFIG, "--keys", "--config.data.slices=seed_s0",
+    assert run_main("summary", "--config", SEG_CONFIG, "--keys", "--config.data.slices=linspace_70_100_10",
                     "--config.eval.num_examples=5") == 0
     lines = capsys.readouterr().out.splitlines()
-    assert "data.slices = 'seed_s0'" in lines and "eval.num_examples = 5" in lines
+    assert "data.slices = 'linspace_70_100_10'" in lines and "eval.num_examples = 5" in lines
     assert "data.skip_bad_cases = False" in lines and "train.steps = 400" in lines
     assert "model.in_channels = 1" in lines   # a model field the file leaves out, with the model's default
     assert "data.tumour_fraction" in lines    # read by the phantom source with its own default
@@ -74,12 +74,13 @@ def test_summary_keys_lists_values_overrides_and_the_keys_code_reads(capsys):
 @pytest.fixture
 def no_training(monkeypatch):
     """Fail the test if the training loop is reached."""
-    from jaxdiff.training import loop
+    from jaxdiff import experiment
 
     def fail(*args, **kwargs):
-        raise AssertionError("loop.train was called")
+        raise AssertionError("the experiment was built or trained")
 
-    monkeypatch.setattr(loop, "train", fail)
+    monkeypatch.setattr(experiment, "run", fail)
+    monkeypatch.setattr(experiment, "build", fail)
 
 
 @pytest.mark.parametrize("case", ["file", "under_file", "read_only"])
@@ -112,12 +113,12 @@ def _run_dir(tmp_path, config_path, *overrides):
 
 @pytest.fixture
 def no_restore(monkeypatch):
-    from jaxdiff.training import checkpoint
+    from jaxdiff import experiment
 
     def fail(*args, **kwargs):
         raise AssertionError("load_for_inference was called")
 
-    monkeypatch.setattr(checkpoint, "load_for_inference", fail)
+    monkeypatch.setattr(experiment, "load_for_inference", fail)
 
 
 @pytest.mark.parametrize("config, module, expected", [
@@ -193,8 +194,8 @@ def test_format_report_of_a_stopped_run_is_one_line():
 
 def test_train_prints_the_table_and_json_only_with_the_flag(tmp_path, monkeypatch, capsys):
     """The end of `train`: a table (not the 1,300-character JSON line) unless --json."""
-    from jaxdiff.training import loop
-    monkeypatch.setattr(loop, "train", lambda config, workdir, quiet=False: dict(SEG_REPORT))
+    from jaxdiff import experiment
+    monkeypatch.setattr(experiment, "run", lambda config, workdir, quiet=False: dict(SEG_REPORT))
     workdir = tmp_path / "w"
     assert run_main("train", "--config", SEG_CONFIG, "--workdir", str(workdir), "--quiet") == 0
     out = capsys.readouterr().out
@@ -206,7 +207,7 @@ def test_train_prints_the_table_and_json_only_with_the_flag(tmp_path, monkeypatc
 
 def test_evaluate_prints_a_table_naming_the_split_and_writes_metrics_json(tmp_path, monkeypatch, capsys):
     from types import SimpleNamespace
-    from jaxdiff.training import checkpoint
+    from jaxdiff import experiment
     workdir = _run_dir(tmp_path, SEG_CONFIG)
     config = config_lib.from_json_file(os.path.join(workdir, "config.json"))
 
@@ -216,8 +217,8 @@ def test_evaluate_prints_a_table_naming_the_split_and_writes_metrics_json(tmp_pa
             files.write_text(os.path.join(out_dir, "overlays.png"), "png")
             return {"dice": 0.5, "iou": 0.25, "num_cases": len(source)}
 
-    monkeypatch.setattr(checkpoint, "load_for_inference",
-                        lambda w: (config, Task(), SimpleNamespace(step=np.int32(7))))
+    monkeypatch.setattr(experiment, "load_for_inference",
+                        lambda w, overrides=None: (config, Task(), SimpleNamespace(step=np.int32(7))))
     assert run_main("evaluate", "--workdir", workdir, "--split", "val") == 0
     out = capsys.readouterr().out.splitlines()
     saved = json.loads(open(os.path.join(workdir, "eval_val", "metrics.json")).read())

@@ -1,5 +1,5 @@
-"""The persistent compilation cache that `jaxdiff.enable_compilation_cache` turns on: where it lives, how to turn it
-off, that importing jaxdiff leaves it off, and that a fresh process loads the programs an earlier one compiled
+"""The persistent compilation cache that `jaxdiff.platform.enable_compilation_cache` turns on: where it lives, how to
+turn it off, that importing jaxdiff leaves it off, and that a fresh process loads the programs an earlier one compiled
 (a program calling the native Winograd kernel's FFI target included) and computes the same numbers with them.
 
 Each check runs in fresh processes with the cache in a temporary folder (`JAXDIFF_COMPILATION_CACHE=<path>`)."""
@@ -19,11 +19,10 @@ from conftest import run_python
 PROGRAM = r"""
 import json, sys
 import jax, jax.numpy as jnp, numpy as np
-import jaxdiff
-from jaxdiff import kernels
+from jaxdiff import kernels, platform
 from jaxdiff.kernels.conv import conv_general_dilated
 
-folder = jaxdiff.enable_compilation_cache()
+folder = platform.enable_compilation_cache()
 events = []
 jax.monitoring.register_event_listener(lambda event, **kw: events.append(event))
 
@@ -73,7 +72,7 @@ def test_import_changes_nothing_and_the_folder_follows_the_environment(tmp_path,
     assert json.loads(proc.stdout) == [True, None]
     assert not (tmp_path / "unused").exists()
 
-    import jaxdiff
+    from jaxdiff import platform as jaxdiff
     monkeypatch.delenv("JAXDIFF_COMPILATION_CACHE", raising=False)
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
     folder = jaxdiff.compilation_cache_dir()
@@ -115,7 +114,7 @@ def test_a_backend_that_rejects_its_cached_programs_leaves_the_cache_off_silentl
     """Where loading a cached program fails (XLA:CPU on some CPUs), the load check turns the cache off without a
     word on stderr and remembers it: a later process does not try again. The failure is simulated by making
     every cached program unreadable to the backend."""
-    script = ("import jax, jaxdiff\n"
+    script = ("import jax\nfrom jaxdiff import platform as jaxdiff\n"
               "from jax._src import compilation_cache as cc\n"
               "def reject(*a, **k):\n"
               "    raise RuntimeError('Target machine feature +prefer-no-gather is not supported on the host machine')\n"
@@ -129,5 +128,5 @@ def test_a_backend_that_rejects_its_cached_programs_leaves_the_cache_off_silentl
     (folder,) = [tmp_path / "xla" / n for n in os.listdir(tmp_path / "xla")]
     (marker,) = [n for n in os.listdir(folder) if n.startswith("jaxdiff-load-check-")]
     assert (folder / marker).read_text().startswith("rejected")
-    proc = _run(["-c", "import jaxdiff; print(jaxdiff.enable_compilation_cache())"], env)
+    proc = _run(["-c", "from jaxdiff import platform; print(platform.enable_compilation_cache())"], env)
     assert proc.stdout.split() == ["None"]

@@ -250,7 +250,7 @@ def test_first_batch_error_leaves_no_new_workdir(tmp_path, monkeypatch):
     """An error in the first batch (one the check cannot see) is raised before the work directory exists."""
     from jaxdiff import config as config_lib
     from jaxdiff.data.sources import phantom
-    from jaxdiff.training import loop
+    from jaxdiff import experiment
 
     def broken(self, idx):
         raise InputError("phantom slice: broken on purpose")
@@ -262,5 +262,5 @@ def test_first_batch_error_leaves_no_new_workdir(tmp_path, monkeypatch):
                                   "--config.data.num_cases=3", "--config.train.batch_size=2"])
     workdir = tmp_path / "new_run"
     with pytest.raises(Exception, match="broken on purpose"):
-        loop.train(config, str(workdir), quiet=True)
+        experiment.run(config, str(workdir), quiet=True)
     assert not workdir.exists()

@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 from jaxdiff.errors import InputError
-from jaxdiff.metrics import distribution, features
+from jaxdiff.evaluators import features
+from jaxdiff.metrics import distribution
 
 
 def gaussian_samples(n, mean, std, seed):

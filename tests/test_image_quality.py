@@ -8,7 +8,7 @@ from scipy import ndimage
 from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
 from jaxdiff.errors import InputError
-from jaxdiff.metrics import features3d
+from jaxdiff.evaluators import features3d
 from jaxdiff.metrics import image_quality as iq
 
 

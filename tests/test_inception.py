@@ -24,7 +24,7 @@ from benchmarks.torch_models.inception import Inception3  # noqa: E402
 from benchmarks.torch_models.inception import pool3x3 as t_pool3x3  # noqa: E402
 from jaxdiff import models  # noqa: E402
 from jaxdiff.errors import InputError  # noqa: E402
-from jaxdiff.metrics import features  # noqa: E402
+from jaxdiff.evaluators import features  # noqa: E402
 from jaxdiff.models.inception import load_torch_state_dict, pool3x3, resize_bilinear  # noqa: E402
 
 

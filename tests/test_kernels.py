@@ -1,4 +1,5 @@
-"""The native Winograd 3x3 convolution (jaxdiff.kernels): same values and gradients as XLA's convolution, taken only
+"""The native Winograd 3x3 convolution (built by jaxdiff.platform.native, called by jaxdiff.ops.conv; the old
+names under jaxdiff.kernels still work): same values and gradients as XLA's convolution, taken only
 where eligible, batch-parallel under SPMD, absent from GPU lowerings, and a clean fallback when it cannot be built."""
 from __future__ import annotations
 
@@ -13,8 +14,8 @@ import pytest
 from jax import lax
 
 from conftest import run_python
-from jaxdiff import kernels
-from jaxdiff.kernels import conv as kconv
+from jaxdiff.kernels import conv as kconv  # the old module name, forwarded to jaxdiff.ops.conv
+from jaxdiff.platform import native as kernels
 
 NHWC = ("NHWC", "HWIO", "NHWC")
 needs_compiler = pytest.mark.skipif(kernels._compiler() is None, reason="no C++ compiler on this machine")

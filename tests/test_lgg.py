@@ -100,25 +100,25 @@ def test_patient_split_disjoint_on_disk_and_on_a_list(tmp_path):
     assert not np.array_equal(lgg.patient_split(names, seed=0)["test"], split["test"])
 
 
-def test_seed_s1_split_sizes_and_stratification():
+def test_lgg_3536_393_split_sizes_and_stratification():
     n, positives = 3929, 1373
     has_tumour = np.zeros(n, bool)
     has_tumour[np.random.default_rng(3).permutation(n)[:positives]] = True
-    split = lgg.seed_s1_split(has_tumour)
-    assert (len(split["train"]), len(split["test"])) == lgg.SEED_S1_SIZES == (3536, 393)
+    split = lgg.split_3536_393(has_tumour)
+    assert (len(split["train"]), len(split["test"])) == lgg.SPLIT_3536_393 == (3536, 393)
     assert np.array_equal(split["val"], split["test"])
     assert np.array_equal(np.sort(np.concatenate([split["train"], split["test"]])), np.arange(n))
     assert abs(has_tumour[split["test"]].sum() - 393 * positives / n) <= 1          # stratified: 137 or 138
     _, expected = train_test_split(np.arange(n), test_size=0.1, stratify=has_tumour, random_state=42)
     assert np.array_equal(split["test"], np.sort(expected))
-    plain = lgg.seed_s1_split(has_tumour, stratified=False)
+    plain = lgg.split_3536_393(has_tumour, stratified=False)
     assert len(plain["test"]) == 393 and not np.array_equal(plain["test"], split["test"])
 
 
-def test_seed_s1_split_on_disk(tmp_path):
+def test_lgg_3536_393_split_on_disk(tmp_path):
     _write_lgg(tmp_path)
-    train = lgg.LggSlices(tmp_path, "train", image_size=SIZE, split_mode="seed_s1")
-    val = lgg.LggSlices(tmp_path, "val", image_size=SIZE, split_mode="seed_s1")
+    train = lgg.LggSlices(tmp_path, "train", image_size=SIZE, split_mode="lgg_3536_393")
+    val = lgg.LggSlices(tmp_path, "val", image_size=SIZE, split_mode="lgg_3536_393")
     assert (len(train), len(val)) == (10, 2)                       # test_size 0.1 of 12 slices rounds up
     assert [val[i]["mask"].max() for i in range(2)] == [0.0, 1.0]  # one slice of each class
     assert not {f.image for f in train.slices} & {f.image for f in val.slices}
@@ -198,12 +198,12 @@ def test_get_source_from_config(tmp_path):
     batch = next(iter(make_dataset(src, batch_size=2, seed=0, shard_index=0, shard_count=1)))
     assert batch["image"].shape == (2, 16, 16, 3) and batch["mask"].shape == (2, 16, 16, 1)
     assert batch["case"].dtype == np.int32
-    s1 = ml_collections.ConfigDict(dict(source="lgg", root=str(tmp_path), image_size=8, split="seed_s1"))
-    assert get_source(s1, "val").slices == get_source(s1, "test").slices
+    fixed = ml_collections.ConfigDict(dict(source="lgg", root=str(tmp_path), image_size=8, split="lgg_3536_393"))
+    assert get_source(fixed, "val").slices == get_source(fixed, "test").slices
     with pytest.raises(InputError, match="data.channels"):
         get_source(ml_collections.ConfigDict(dict(source="lgg", root=str(tmp_path), channels=1)), "train")
     with pytest.raises(InputError, match="data.split"):
-        get_source(ml_collections.ConfigDict(dict(source="lgg", root=str(tmp_path), split="seed_s0")), "train")
+        get_source(ml_collections.ConfigDict(dict(source="lgg", root=str(tmp_path), split="brats_250_73_45")), "train")
     missing = tmp_path / "absent"
     with pytest.raises(InputError, match="data.root") as e:
         get_source(ml_collections.ConfigDict(dict(source="lgg", root=str(missing))), "train")

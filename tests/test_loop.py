@@ -89,7 +89,7 @@ def checkpoint_steps(workdir) -> list[int]:
 
 def load_state(workdir):
     """The latest checkpoint's train state, restored in this process as the sample/evaluate tools do."""
-    from jaxdiff.training.checkpoint import load_for_inference
+    from jaxdiff.experiment import load_for_inference
     return load_for_inference(str(workdir))[2]
 
 
@@ -311,6 +311,22 @@ def test_sample_cli_writes_pngs(finished, jax_env):
     for name in ("sample_000.png", "sample_001.png"):
         one, two = (np.asarray(Image.open(d / name), np.int16) for d in (workdir / "samples", workdir / "split"))
         assert one.std() > 0 and np.abs(one - two).max() <= 1, name
+
+
+def test_sample_cli_sampler_flag(finished, jax_env):
+    """`--sampler dpm++ --steps 5` samples with DPM-Solver++ from a DDIM-trained run (the config's sampler is not
+    changed on disk); an unknown sampler is one error line naming the flag, exit 2, nothing written."""
+    workdir, _ = finished
+    out = workdir / "dpm"
+    proc = run_python(["-m", "jaxdiff.sample", "--workdir", str(workdir), "--num", "2", "--steps", "5",
+                       "--sampler", "dpm++", "--out", str(out)], env_extra=jax_env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert_is_png(out / "sample_000.png")
+    assert json.loads((workdir / "config.json").read_text())["diffusion"]["sampler"] == "ddim"
+    bad = run_python(["-m", "jaxdiff.sample", "--workdir", str(workdir), "--sampler", "dpm", "--out",
+                      str(workdir / "bad")], env_extra=jax_env)
+    assert bad.returncode == 2 and "--sampler" in bad.stderr and len(bad.stderr.strip().splitlines()) == 1
+    assert not (workdir / "bad").exists()
 
 
 def test_summary_cli_counts_parameters(jax_env):

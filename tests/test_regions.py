@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from jaxdiff import scoring
+from jaxdiff import reporting, scoring
 from jaxdiff.errors import InputError
 from jaxdiff.metrics import regions as R
 
@@ -238,7 +238,7 @@ def test_score_folders(tmp_path):
     saved = json.loads((out / "summary.json").read_text())
     assert saved["metrics"]["TC"]["dice"]["median"] == summary["metrics"]["TC"]["dice"]["median"]
     assert "373.13" in saved["conventions"]["one_empty"] and "Dice = IoU = 1" in saved["conventions"]["both_empty"]
-    assert "3 cases" in scoring.summary_table(summary).splitlines()[0]
+    assert "3 cases" in reporting.summary_table(summary).splitlines()[0]
     # the same scores from a pool of processes
     pooled = scoring.score_folders(pred_dir, truth_dir, None, workers=2, progress=False)
     assert pooled["metrics"] == summary["metrics"]

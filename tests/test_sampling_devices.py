@@ -1,5 +1,5 @@
 """Data-parallel sampling: `DiffusionTask.jitted_sample` splits the batch over the devices, and
-`jaxdiff.set_cpu_devices` gives the CPU backend one device per core for it."""
+`jaxdiff.platform.set_cpu_devices` gives the CPU backend one device per core for it."""
 from __future__ import annotations
 
 import json
@@ -60,7 +60,7 @@ def test_jitted_sample_splits_the_batch_over_devices_and_matches_one_device():
 
 DEVICES = """
 import json, sys, warnings
-import jaxdiff
+from jaxdiff import platform as jaxdiff
 from jaxdiff.errors import InputError
 out = {}
 try:
@@ -129,12 +129,14 @@ def test_medsegdiff_ensemble_split_over_devices_matches_one_device():
 
 MESHES = """
 import json
-import jaxdiff
-jaxdiff.set_cpu_devices(2)
+from jaxdiff import platform
+platform.set_cpu_devices(2)
 import jax
 from jaxdiff.training import sharding as shd
-print(json.dumps({"train": shd.make_mesh().devices.size, "explicit": shd.make_mesh({"data": 2, "fsdp": 1}).devices.size,
-                  "sampling": shd.sampling_mesh(4).devices.size, "only": shd.sampling_only_cpu_devices()}))
+explicit = {"data": 2, "fsdp": 1}  # the devices experiment.build hands make_mesh
+print(json.dumps({"train": shd.make_mesh(None, platform.train_devices(None)).devices.size,
+                  "explicit": shd.make_mesh(explicit, platform.train_devices(explicit)).devices.size,
+                  "sampling": shd.sampling_mesh(4).devices.size, "only": platform.sampling_only_cpu_devices()}))
 """
 
 

@@ -23,9 +23,8 @@ import pytest
 from jaxdiff import config as config_lib
 from jaxdiff import evaluate, inference, tasks
 from jaxdiff.data import pipeline
-from jaxdiff.data.sources import brats
 from jaxdiff.metrics import regions as regions_lib
-from jaxdiff.report_table import format_report
+from jaxdiff.reporting import format_report
 from jaxdiff.tasks import seg_eval
 
 SHAPE, ZOOMS = (12, 10, 10), (1.0, 1.2, 2.5)

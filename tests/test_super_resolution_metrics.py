@@ -8,7 +8,7 @@ import pytest
 from PIL import Image
 
 from jaxdiff.errors import InputError
-from jaxdiff.metrics import super_resolution
+from jaxdiff.evaluators import super_resolution
 
 
 def smooth_images(n, size, seed):

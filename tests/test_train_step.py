@@ -26,7 +26,7 @@ def test_init_on_concrete_arrays_equals_the_traced_init_and_ignores_non_array_en
     task = RegressionTask(config)
     batch = dict(make_batches(1)[0], case_id=np.array(["a"] * 16), note="not an array")
     rng = jax.random.key(3)
-    compiled = task.init(rng, batch)  # concrete arrays: one compiled call (jaxdiff.run_once_compiled)
+    compiled = task.init(rng, batch)  # concrete arrays: one compiled call (jaxdiff.platform.run_once_compiled)
     traced = jax.jit(lambda r, x: task.init(r, {"x": x}))(rng, batch["x"])
     assert set(compiled) == {"params", "batch_stats"}
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7), compiled, traced)

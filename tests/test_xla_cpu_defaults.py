@@ -1,5 +1,5 @@
-"""jaxdiff's XLA:CPU defaults (jaxdiff/__init__.py) change speed, not results: a UNet train step's loss and
-gradients with them equal those without, and the flags reach XLA_FLAGS only when allowed."""
+"""jaxdiff's XLA:CPU defaults (jaxdiff/platform/, applied by `jaxdiff.platform.setup`) change speed, not results:
+a UNet train step's loss and gradients with them equal those without, and the flags reach XLA_FLAGS only when allowed."""
 from __future__ import annotations
 
 import json
@@ -12,7 +12,9 @@ from conftest import run_python
 
 SCRIPT = """
 import json, os, sys
-import jaxdiff, jax, jax.numpy as jnp, numpy as np
+import jaxdiff.platform
+jaxdiff.platform.setup(reexec=False, compilation_cache=False)  # as the command-line entry points do
+import jax, jax.numpy as jnp, numpy as np
 from configs import quickstart
 from jaxdiff import tasks
 c = quickstart.get_config()
@@ -38,7 +40,7 @@ def _run(defaults: str) -> dict:
 
 @pytest.mark.long  # minutes on a 2-core host; in CI; `pytest -m "not long"` skips it locally
 def test_cpu_defaults_change_flags_not_results():
-    import jaxdiff
+    from jaxdiff import platform as jaxdiff
     on, off = _run("1"), _run("0")
     assert all(flag in on["flags"] for flag in jaxdiff.CPU_XLA_FLAGS)
     assert not any(flag.split("=")[0] in off["flags"] for flag in jaxdiff.CPU_XLA_FLAGS)
@@ -50,15 +52,15 @@ def test_cpu_defaults_change_flags_not_results():
 
 REEXEC = """
 import os, sys
-import jaxdiff
+import jaxdiff.platform
 print("argv", sys.argv[1:], os.environ.get("GLIBC_TUNABLES", ""), flush=True)
-jaxdiff.reexec_with_malloc_defaults()
+jaxdiff.platform.setup(compilation_cache=False)
 print("kept", os.environ.get("GLIBC_TUNABLES", ""))
 """
 
 
 def test_cli_reexec_adds_the_malloc_tunable_once_and_keeps_arguments():
-    import jaxdiff
+    from jaxdiff import platform as jaxdiff
     proc = run_python(["-c", REEXEC, "--flag", "x y"], env_extra={"JAXDIFF_XLA_CPU_DEFAULTS": "1",
                                                                   "GLIBC_TUNABLES": "glibc.malloc.check=0"})
     assert proc.returncode == 0, proc.stderr[-2000:]
@@ -72,17 +74,19 @@ def test_cli_reexec_adds_the_malloc_tunable_once_and_keeps_arguments():
 
 FUSION = """
 import json, os, subprocess, sys, warnings
-import jaxdiff
-out = {"applied": jaxdiff.set_cpu_fusion(sys.argv[1] or None), "flags": os.environ.get("XLA_FLAGS", "")}
+from jaxdiff import platform
+platform.setup({"xla_cpu_fusion": sys.argv[1] or None}, reexec=False, compilation_cache=False)
+out = {"applied": platform.set_cpu_fusion(sys.argv[1] or None), "flags": os.environ.get("XLA_FLAGS", "")}
 # a child process (a benchmark worker, the re-exec'd CLI) still tells jaxdiff's flags from the user's
-child = subprocess.run([sys.executable, "-c", "import jaxdiff, os; print(jaxdiff.set_cpu_fusion('dot'), "
-                        "os.environ['XLA_FLAGS'])"], capture_output=True, text=True, check=True)
+child = subprocess.run([sys.executable, "-c", "from jaxdiff import platform; import os; "
+                        "print(platform.set_cpu_fusion('dot'), os.environ['XLA_FLAGS'])"],
+                       capture_output=True, text=True, check=True)
 out["child"] = child.stdout.strip()
 import jax
 jax.numpy.zeros(1).block_until_ready()  # backends exist from here: a new choice is refused with a warning
 with warnings.catch_warnings(record=True) as caught:
     warnings.simplefilter("always")
-    out["late"] = jaxdiff.set_cpu_fusion("dot,eltwise")
+    out["late"] = platform.set_cpu_fusion("dot,eltwise")
 out["warning"] = str(caught[0].message) if caught else ""
 print(json.dumps(out))
 """
@@ -96,7 +100,7 @@ def _fusion(types: str, xla_flags: str) -> dict:
 
 
 def test_config_cpu_fusion_replaces_the_default_but_not_the_users_flag():
-    import jaxdiff
+    from jaxdiff import platform as jaxdiff
     flag = jaxdiff.YNN_FUSION_FLAG
     chosen = _fusion("dot,reduce", "--xla_cpu_enable_fast_math=false")
     assert chosen["applied"] is True
@@ -122,11 +126,11 @@ def test_entry_point_imports_leave_jax_unstarted_so_a_config_can_still_choose():
 
 
 def test_unknown_fusion_type_is_a_one_line_error_naming_the_key(tmp_path):
-    import jaxdiff
+    from jaxdiff import platform as jaxdiff
     from jaxdiff.errors import InputError
     before = dict(os.environ)
     with pytest.raises(InputError, match=r"config key xla_cpu_fusion: unknown fusion type 'elementwise'"):
-        jaxdiff.set_cpu_fusion("dot,elementwise")
+        jaxdiff.setup({"xla_cpu_fusion": "dot,elementwise"}, reexec=False, compilation_cache=False)
     assert dict(os.environ) == before
     workdir = tmp_path / "run"
     proc = run_python(["-m", "jaxdiff.train", "--config", "configs/transformer_unet_tiny.py",

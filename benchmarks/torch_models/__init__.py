@@ -4,9 +4,11 @@ Each module has the same architecture as its jaxdiff counterpart, so `benchmarks
 onto the Flax parameter tree, and a `from_jax_config(model_config)` constructor taking the keys of the
 jaxdiff config's `model` block:
 
-- `unet.UNet`: the diffusion UNet (jaxdiff.models.unet), 2D or 3D; also S2's UNet3D with its crash fixed.
-- `medsegdiff.MedSegDiff`: S1 (jaxdiff.models.medsegdiff), with its faithful_* flags.
-- `transformer_unet.TransformerUNet` and `transformer_unet.ErrorVAE`: S0 (jaxdiff.models.transformer_unet).
+- `unet.UNet`: the diffusion UNet (jaxdiff.models.unet), 2D or 3D; also the 3D brain DDPM's UNet3D
+  (the original code's crash fixed).
+- `medsegdiff.MedSegDiff`: MedSegDiff, Wu et al. 2023 (jaxdiff.models.medsegdiff), with its faithful_* flags.
+- `transformer_unet.TransformerUNet` and `transformer_unet.ErrorVAE`: the TransUNet-style BraTS
+  segmenter (jaxdiff.models.transformer_unet).
 
 `diffusion_loss` is the training loss of jaxdiff's diffusion tasks (eps prediction, MSE), in PyTorch.
 """

@@ -1,6 +1,6 @@
-"""PyTorch twin (NCHW) of `jaxdiff.models.attention_unet.AttentionUNet`, seed S3's denoiser with a Swin bottleneck.
+"""PyTorch twin (NCHW) of `jaxdiff.models.attention_unet.AttentionUNet`, an attention UNet denoiser, Swin bottleneck.
 
-Written as the seed's PyTorch code is: SAGAN attention with `bmm` on (B, C, N) views, a Swin block on (B, H, W, C)
+Written as the original PyTorch code is: SAGAN attention with `bmm` on (B, C, N) views, a Swin block on (B, H, W, C)
 maps. `faithful_swin=True` is the original's bug: the NCHW bottleneck map is `.view`-ed as (B, H, W, C) (no
 permute) and viewed back, with shift 0. `port_attention_unet` maps the weights 1:1 onto the Flax parameters.
 """
@@ -128,7 +128,7 @@ class SwinBlock(nn.Module):
 
 
 class SwinStage(nn.Module):
-    """Swin blocks on an NCHW map: odd blocks (or a single block) shifted; `faithful`: the seed's view bug."""
+    """Swin blocks on an NCHW map: odd blocks (or a single block) shifted; `faithful`: the original code's view bug."""
 
     def __init__(self, dim: int, depth: int, heads: int, ws: int, mlp_ratio: float, faithful: bool, size: int):
         super().__init__()

@@ -1,7 +1,7 @@
-"""PyTorch reference of jaxdiff's MedSegDiff (S1), in the structure of lucidrains' med-seg-diff-pytorch `Unet`.
+"""PyTorch reference of jaxdiff's MedSegDiff (Wu et al. 2023), as lucidrains' med-seg-diff-pytorch `Unet`.
 
 Mirrors `jaxdiff.models.medsegdiff.MedSegDiff` block for block (see its docstring for the architecture and the
-faithful_* flags), NCHW, so the weights map 1:1 (`benchmarks.port.port_medsegdiff`). The seed configuration
+faithful_* flags), NCHW, so the weights map 1:1 (`benchmarks.port.port_medsegdiff`). The LGG notebook's configuration
 `MedSegDiff(image_size=32, num_layers=2, first_conv_channels=16, time_embedding_dim=128, faithful_ffparser=True)`
 has 405,041 parameters.
 """
@@ -18,7 +18,7 @@ from benchmarks.torch_models.unet import ResBlock, Upsample, timestep_embedding
 
 
 def seed_time_embedding(t: torch.Tensor, dim: int) -> torch.Tensor:
-    """The seed's (buggy) embedding t * [sin f, cos f], f_i = 10000^(-i / (dim/2 - 1)); (B,) -> (B, dim)."""
+    """The original code's (buggy) embedding t * [sin f, cos f], f_i = 10000^(-i / (dim/2 - 1)); (B,) -> (B, dim)."""
     half = dim // 2
     freqs = torch.exp(-math.log(10000.0) / (half - 1) * torch.arange(half, dtype=torch.float32, device=t.device))
     return t.float()[:, None] * torch.cat([torch.sin(freqs), torch.cos(freqs)])[None, :]
@@ -239,7 +239,7 @@ class MedSegDiff(nn.Module):
 
     @classmethod
     def from_jax_config(cls, model_config) -> "MedSegDiff":
-        """Build from a jaxdiff `model` block (name "medsegdiff"), e.g. configs/medsegdiff_seed.py's."""
+        """Build from a jaxdiff `model` block (name "medsegdiff"), e.g. configs/medsegdiff_lgg.py's."""
         return cls(**{k: v for k, v in dict(model_config).items() if k != "name"})
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, cond: dict) -> torch.Tensor:

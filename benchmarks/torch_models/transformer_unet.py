@@ -1,6 +1,6 @@
-"""PyTorch reference of seed S0 (SPECS S0): SE-residual UNet with a transformer bottleneck, and its error VAE.
+"""PyTorch reference of the TransUNet-style segmenter: SE-residual UNet, transformer bottleneck, error VAE.
 
-Mirrors `jaxdiff.models.transformer_unet` (NCHW), written as the seed is: `nn.TransformerEncoder` of pre-norm
+Mirrors `jaxdiff.models.transformer_unet` (NCHW), written as the original code is: `nn.TransformerEncoder` of pre-norm
 GELU layers with `nn.MultiheadAttention`, BatchNorm2d, Dropout2d, ConvTranspose2d. The weights map 1:1
 (`benchmarks.port.port_transformer_unet`, `port_error_vae`). At the default widths: 49,455,873 parameters.
 """
@@ -71,7 +71,7 @@ def sincos_2d(h: int, w: int, dim: int, device=None) -> torch.Tensor:
 
 
 def batch_indexed_pe(batch: int, dim: int, device=None) -> torch.Tensor:
-    """The seed's bug: `pe[:x.size(0)]` of the interleaved sin/cos table added to batch-first tokens.
+    """The original code's bug: `pe[:x.size(0)]` of the interleaved sin/cos table added to batch-first tokens.
     Returns (batch, 1, dim): row b is position b's encoding, pe[b, 0, 2i] = sin(b w_i), pe[b, 0, 2i+1] = cos."""
     emb = timestep_embedding(torch.arange(batch, device=device), dim)
     return torch.stack([emb[:, :dim // 2], emb[:, dim // 2:]], dim=-1).reshape(batch, 1, dim)
@@ -79,7 +79,7 @@ def batch_indexed_pe(batch: int, dim: int, device=None) -> torch.Tensor:
 
 class TransformerBottleneck(nn.Module):
     """(B, D, h, w) -> h*w tokens + positional encoding -> `encoder` (pre-norm GELU layers, no final norm)
-    -> (B, D, h, w). faithful_pe: the seed's batch-indexed encoding instead of the 2-D sin-cos one."""
+    -> (B, D, h, w). faithful_pe: the original code's batch-indexed encoding instead of the 2-D sin-cos one."""
 
     def __init__(self, dim: int, num_layers: int = 2, num_heads: int = 8, ff_dim: int = 2048, dropout: float = 0.1,
                  faithful_pe: bool = False):
@@ -97,7 +97,7 @@ class TransformerBottleneck(nn.Module):
 
 
 class TransformerUNet(nn.Module):
-    """S0 segmenter, the PyTorch twin of `jaxdiff.models.transformer_unet.TransformerUNet` (same arguments and
+    """The TransUNet-style segmenter, twin of `jaxdiff.models.transformer_unet.TransformerUNet` (same arguments and
     defaults). `encoders[i]` is jaxdiff's enc{i+1}, `decoders[i]` its up{i+1} (deepest first).
     Call: x (B, in_channels, H, W), H and W divisible by 2 ** (len(widths) - 1) -> (B, out_channels, H, W) logits.
     """
@@ -133,7 +133,7 @@ class TransformerUNet(nn.Module):
 
 
 class ErrorVAE(nn.Module):
-    """The S0 error-map VAE, twin of `jaxdiff.models.transformer_unet.ErrorVAE` (same arguments).
+    """The segmenter's error-map VAE, twin of `jaxdiff.models.transformer_unet.ErrorVAE` (same arguments).
 
     Encoder convs 3x3 stride 2 with TensorFlow/Flax "SAME" padding (zero row/column at the bottom/right only),
     ReLU; 1x1 `mu` / `logvar`; z = mu + exp(logvar / 2) eps in training, mu in eval; decoder ConvTranspose2d

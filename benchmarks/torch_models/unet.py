@@ -2,7 +2,7 @@
 
 Mirrors `jaxdiff.models.unet.UNet` and the blocks of `jaxdiff.models.layers` it uses, so the weights map 1:1
 (`benchmarks.port.port_unet`). With `dims=3`, base 64, mults (1, 2, 4, 8), 2 res blocks, attention at levels
-2 and 3, dropout 0.1, time_dim 256 and time_act "gelu" it is S2's BrainDiffusion UNet3D with the original's
+2 and 3, dropout 0.1, time_dim 256 and time_act "gelu" it is the 3D brain DDPM's UNet3D with the original's
 decoder channel arithmetic fixed (skip widths are tracked) and real multi-head 3D attention.
 
 Layout: conv_in -> per level (`down[l]`) ResBlocks `res[i]` (+ `attn[i]` at attention levels) and a stride-2

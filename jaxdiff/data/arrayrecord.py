@@ -75,7 +75,9 @@ def prepare(data_config, data_dir: str, splits=SPLITS, progress: bool = True) ->
             return examples(split)
 
     Builder.name = name
-    Builder(data_dir=data_dir, file_format="array_record").download_and_prepare()
+    from jaxdiff.io import files
+    with files.staging_folder(data_dir) as local_dir:  # ArrayRecord writes local files: a URL gets a copy
+        Builder(data_dir=local_dir, file_format="array_record").download_and_prepare()
     return {s: len(sources[s]) for s in splits}
 
 
@@ -99,7 +101,8 @@ class TfdsSource:
 def from_config(data_config, split: str):
     """The prepared split `split` read from `data.root` = DATA_DIR/NAME, the folder `prepare` wrote."""
     import tensorflow_datasets as tfds
-    root = str(data_config.get("root", "") or "").rstrip("/")
+    from jaxdiff.io import files
+    root = files.local_folder(str(data_config.get("root", "") or "").rstrip("/"))  # a URL: read from a local copy
     if not root:
         raise InputError("config key data.root: set it to the prepared data set's folder (DATA_DIR/NAME)")
     if "://" not in root and not os.path.isdir(os.path.join(root, VERSION)):

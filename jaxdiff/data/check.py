@@ -226,7 +226,7 @@ def _mask_folder_cases(d, root: str) -> list[Case]:
 
 def _lgg_cases(d, root: str) -> list[Case]:
     from jaxdiff.data.sources import lgg
-    # Every slice is checked (the seed S1 split needs every mask read to place a slice), so no split is given.
+    # Every slice is checked (the lgg_3536_393 split needs every mask read to place a slice), so no split is given.
     return [Case(s.name, None, (("image", "lgg_image", s.image), ("mask", "lgg_mask", s.mask)))
             for s in lgg.list_slices(root)]
 
@@ -291,7 +291,8 @@ def _brats_slice_problems(d, cases: list[Case], infos: dict, bad: dict) -> None:
     from jaxdiff.data.sources import brats
     slices = d.get("slices", None)
     if isinstance(slices, str):
-        slices = brats.SEED_S0_SLICES if slices == "seed_s0" else None
+        from jaxdiff.config_defaults import renamed_value
+        slices = brats.SLICE_RECIPES.get(renamed_value("data.slices", slices))
     first_depth = {}
     for case in cases:
         if case.name in bad:

@@ -90,9 +90,11 @@ def _shape3d(size) -> tuple:
 
 
 def _case_split(d) -> str:
-    """data.split: "random" (seeded, by data.fractions) or "seed_s0" (the seed S0 case split)."""
+    """data.split: "random" (seeded, by data.fractions) or "brats_250_73_45" (the transformer-UNet BraTS
+    segmenter's case split; the old name "seed_s0" is read with a note)."""
+    from jaxdiff.config_defaults import renamed_value
     from jaxdiff.data.sources.brats import CASE_SPLITS
-    name = d.get("split", "random")
+    name = renamed_value("data.split", d.get("split", "random"))
     if name not in CASE_SPLITS:
         raise InputError(f"config key data.split: {name!r} is not one of {', '.join(CASE_SPLITS)}")
     return name
@@ -107,17 +109,18 @@ def _given_fractions(d) -> tuple:
 
 
 def _fractions(d) -> tuple:
-    """(train, val, test) fractions; with data.split = "seed_s0" the seed's 250 / 73 / 45 proportions (the
-    phantom sources split by fractions; BraTS uses `brats.seed_s0_split` itself)."""
-    if _case_split(d) == "seed_s0":
-        from jaxdiff.data.sources.brats import SEED_S0_CASES
-        return SEED_S0_CASES
+    """(train, val, test) fractions; with data.split = "brats_250_73_45" its 250 / 73 / 45 proportions (the
+    phantom sources split by fractions; BraTS uses `brats.split_250_73_45` itself)."""
+    if _case_split(d) == "brats_250_73_45":
+        from jaxdiff.data.sources.brats import SPLIT_250_73_45
+        return SPLIT_250_73_45
     return _given_fractions(d)
 
 
 def _root(d, what: str) -> str:
     """data.root, which must be an existing folder (`what` names the data set in the error)."""
-    root = str(d.get("root", "") or "")
+    from jaxdiff.io import files
+    root = files.local_folder(str(d.get("root", "") or ""))  # a URL (gs://...): a local copy of the folder
     if not root or not os.path.isdir(root):
         raise InputError(f"config key data.root: {what} folder {root!r} not found")
     return root
@@ -289,15 +292,15 @@ def get_source(data_config, split: str):
     Keys (all optional but `source`): source ("phantom": 2D slices, "phantom3d": volumes, "brats": BraTS
     slices from `root`, "lgg": kaggle_3m slices from `root`, 3 channels, `modality` unused), image_size,
     modality ("t2", "t1,t2", ...), seed, num_cases, slices_per_case, tumour_only, tumour_fraction, fractions,
-    split ("random", "seed_s0", or for lgg "seed_s1"), stratified (lgg "seed_s1"), root, slices (indices or
-    "seed_s0"), normalise, channels (checked against the source's number of channels), clahe, augment,
-    faithful_augment_test, patch_size and patches_per_volume (3D: every split served as `PatchSource`
-    patches with region labels). Bad values raise InputError naming the `data.*` key.
+    split ("random", "brats_250_73_45", or for lgg "lgg_3536_393"), stratified (lgg "lgg_3536_393"), root,
+    slices (indices or "linspace_70_100_10"), normalise, channels (checked against the source's number of
+    channels), clahe, augment, faithful_augment_test, patch_size and patches_per_volume (3D: every split served
+    as `PatchSource` patches with region labels). Bad values raise InputError naming the `data.*` key.
 
     `data.clahe` applies `transforms.clahe` to every split. The training augmentation (`data.augment`) is not
     applied here but by `make_dataset(transform=train_transform(data_config))`; with
-    `data.faithful_augment_test` (the seed S0 bug) val and test examples are augmented too, each index with
-    a fixed draw seeded by (data.seed, split, index).
+    `data.faithful_augment_test` (as the original transformer-UNet pipeline did) val and test examples are
+    augmented too, each index with a fixed draw seeded by (data.seed, split, index).
     """
     name = data_config.get("source", None)
     source = raw_source(data_config, split)

@@ -1,10 +1,10 @@
 """Host-side example transforms (numpy / scipy / scikit-image; they run in grain workers, never under jit).
 
 An example is a dict {"image": (H, W, C) float32 in [-1, 1], "mask": (H, W, K) float32 in {0, 1}, ...} (K = 1,
-or one channel per nested region with `data.regions`); other keys pass through unchanged. These are the seed S0
-preprocessing (`clahe`, deterministic, every split) and augmentation (`augment(example, rng)`, the training
-split), chosen from a config `data` block by `from_config`. All functions are module-level, so they pickle into
-grain worker processes.
+or one channel per nested region with `data.regions`); other keys pass through unchanged. These are the
+preprocessing of the original transformer-UNet BraTS segmenter (`clahe`, deterministic, every split) and its
+augmentation (`augment(example, rng)`, the training split), chosen from a config `data` block by `from_config`.
+All functions are module-level, so they pickle into grain worker processes.
 """
 from __future__ import annotations
 
@@ -39,11 +39,12 @@ def _clahe_channel(x: np.ndarray, clip_limit: float, tiles: int) -> np.ndarray:
 
 
 def clahe(example: dict, clip_limit: float = 2.0, tiles: int = 8) -> dict:
-    """Contrast-limited adaptive histogram equalisation of every image channel (the seed S0 preprocessing).
+    """Contrast-limited adaptive histogram equalisation of every image channel (the transformer-UNet BraTS
+    segmenter's preprocessing).
 
     Per channel: [-1, 1] -> [0, 1] -> uint8 (`(x * 255).astype(uint8)`) -> `skimage.exposure.equalize_adapthist`
     with (H // tiles, W // tiles) tiles and OpenCV's `clip_limit` converted by `skimage_clip_limit` -> rounded
-    to 256 levels (the seed kept CLAHE's uint8 output and divided by 255) -> [-1, 1]. A constant channel is
+    to 256 levels (the original kept CLAHE's uint8 output and divided by 255) -> [-1, 1]. A constant channel is
     returned unchanged. Differences from `cv2.createCLAHE(2.0, (8, 8))` that remain: skimage stretches each
     slice's min..max over its histogram range before binning and its output over [0, 1] afterwards, pads the
     image by reflection rather than OpenCV's border padding, and redistributes clipped counts slightly
@@ -90,7 +91,8 @@ def _brightness_contrast(image: np.ndarray, rng: np.random.Generator, brightness
 def augment(example: dict, rng: np.random.Generator, hflip: float = 0.5, vflip: float = 0.5, rot90: float = 0.5,
             brightness: float = 0.2, contrast: float = 0.2, elastic: float = 0.1, brightness_contrast_p: float = 0.2,
             elastic_alpha: float = 1.0, elastic_sigma: float = 50.0) -> dict:
-    """The seed S0 augmentation (its albumentations pipeline), one random draw per call.
+    """The transformer-UNet BraTS segmenter's augmentation (its albumentations pipeline), one random draw per
+    call.
 
     In order, each with its own probability: horizontal flip (`hflip`), vertical flip (`vflip`), rotation by
     k * 90 degrees with k uniform in {0, 1, 2, 3} (`rot90`, as albumentations RandomRotate90, so the image
@@ -101,7 +103,7 @@ def augment(example: dict, rng: np.random.Generator, hflip: float = 0.5, vflip: 
     moves with the same displacement (nested region channels stay nested). `elastic_alpha` = 1 and
     `elastic_sigma` = 50 are albumentations' ElasticTransform defaults (1.x and 2.x; 1.x also applied a random
     affine, `alpha_affine=50`, which is not reproduced); they displace pixels by well under one pixel.
-    `brightness_contrast_p` = 0.2 reads the seed's "brightness/contrast 0.2" as that transform's probability,
+    `brightness_contrast_p` = 0.2 reads the original's "brightness/contrast 0.2" as that transform's probability,
     with albumentations' default limits of 0.2 (albumentations' own default probability is 0.5).
 
     Args:
@@ -140,8 +142,8 @@ def from_config(data_config) -> tuple:
 
     eval_transform (`example -> example`) is applied to every split: `clahe` when `data.clahe` is true.
     train_transform (`(example, rng) -> example`) is the training augmentation: `augment` when
-    `data.augment` is true. Applying it to val/test as well (`data.faithful_augment_test`, the seed's bug) is
-    the source factory's business (`jaxdiff.data.pipeline.get_source`).
+    `data.augment` is true. Applying it to val/test as well (`data.faithful_augment_test`: the original
+    augmented its test set too, a bug) is the source factory's business (`jaxdiff.data.pipeline.get_source`).
     """
     every_split = clahe if config_flag(data_config, "clahe") else None
     return every_split, (augment if config_flag(data_config, "augment") else None)

@@ -150,7 +150,7 @@ def save_nifti(path: str, array, affine) -> str:
     img = nib.Nifti1Image(data, affine)
     img.set_qform(affine, code=1)
     img.set_sform(affine, code=1)
-    parent = os.path.dirname(os.path.abspath(path))
-    os.makedirs(parent, exist_ok=True)
-    nib.save(img, path)
+    from jaxdiff.io import files
+    with files.local_output(path) as local:  # parent folders created; a URL (gs://...): written here, uploaded
+        nib.save(img, local)
     return path

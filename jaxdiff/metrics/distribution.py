@@ -1,10 +1,15 @@
 """Distribution distances between sets of images (generated vs real): pixel MMD, and FID, KID and Inception
-Score on features from `jaxdiff.metrics.features` (NumPy / SciPy on the host; features come from jitted nets).
+Score on feature arrays (NumPy / SciPy on the host), plus the LPIPS-style distance between feature maps.
+
+The features themselves come from networks in `jaxdiff.evaluators.features` (2D) and
+`jaxdiff.evaluators.features3d` (3D); everything here takes arrays.
 """
 from __future__ import annotations
 
 import warnings
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 from scipy import linalg
 
@@ -18,6 +23,18 @@ def pooled_pixels(images, size: int = 16) -> np.ndarray:
     fh, fw = max(h // size, 1), max(w // size, 1)
     x = x[:, : (h // fh) * fh, : (w // fw) * fw]
     return x.reshape(n, h // fh, fh, w // fw, fw, c).mean(axis=(2, 4)).reshape(n, -1)
+
+
+def block_means(x, cells: int = 8) -> np.ndarray:
+    """(N, *spatial, C) images or volumes -> (N, F) float64 features: the mean over about `cells` blocks per
+    spatial axis (trailing voxels that do not fill a block are dropped)."""
+    x = np.asarray(x, np.float64)
+    for axis in range(1, x.ndim - 1):
+        f = max(x.shape[axis] // cells, 1)
+        n = x.shape[axis] // f
+        x = np.take(x, np.arange(n * f), axis=axis)
+        x = x.reshape(*x.shape[:axis], n, f, *x.shape[axis + 1:]).mean(axis=axis + 1)
+    return x.reshape(len(x), -1)
 
 
 def mmd_rbf(x, y, bandwidths=(0.5, 1.0, 2.0, 4.0)) -> float:
@@ -125,3 +142,17 @@ def inception_score(logits, splits: int = 10) -> tuple[float, float]:
         log_py = np.log(np.exp(chunk).mean(0, keepdims=True))
         scores.append(np.exp(np.mean(np.sum(np.exp(chunk) * (chunk - log_py), axis=1))))
     return float(np.mean(scores)), float(np.std(scores))
+
+
+def _unit(m, eps: float = 1e-10):
+    """Feature maps divided by their L2 norm over channels (LPIPS's normalize_tensor)."""
+    return m / (jnp.sqrt(jnp.sum(m * m, axis=-1, keepdims=True)) + eps)
+
+
+@jax.jit
+def lpips_from_layers(maps_a, maps_b):
+    """LPIPS-style distance of two sequences of (B, h, w, c) feature maps (one per layer, as the extractors of
+    `jaxdiff.evaluators.features` give): (B,) mean over layers of the spatial mean of
+    sum_c (unit(a) - unit(b))^2, unit = divided by the L2 norm over channels; each term in [0, 4]."""
+    per_layer = [jnp.mean(jnp.sum((_unit(a) - _unit(b)) ** 2, axis=-1), axis=(1, 2)) for a, b in zip(maps_a, maps_b)]
+    return jnp.mean(jnp.stack(per_layer), axis=0)

@@ -223,3 +223,13 @@ def gradient_sharpness(images):
         diff = (jax.lax.slice_in_dim(x, 2, n, axis=axis) - jax.lax.slice_in_dim(x, 0, n - 2, axis=axis)) / 2.0
         sq = sq + diff[tuple(slice(None) if a == axis else s for a, s in enumerate(interior))] ** 2
     return jnp.mean(jnp.sqrt(sq), axis=tuple(range(1, x.ndim)))
+
+
+def pairwise_ms_ssim(volumes) -> float:
+    """Mean MS-SSIM over all pairs of (N, *spatial, C) images or volumes in [-1, 1], N >= 2, computed on
+    (x + 1) / 2 with data range 1 (MS-SSIM's luminance term needs non-negative intensities; see `ms_ssim`): a
+    set's diversity, lower is more varied. Unrelated volumes (e.g. noise-like samples of a barely trained model)
+    score about 0: their contrast-structure means are near 0 or below, and negative ones clip to 0."""
+    i, j = np.triu_indices(len(volumes), 1)
+    x = (np.clip(np.asarray(volumes, np.float32), -1.0, 1.0) + 1.0) / 2.0
+    return float(np.mean(np.asarray(ms_ssim(x[i], x[j], data_range=1.0))))

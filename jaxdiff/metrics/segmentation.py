@@ -27,7 +27,8 @@ Empty-mask conventions (per case)
   specificity = nan when truth has no negatives; balanced_accuracy = nan when either of its rates is nan.
   `summarize` averages the finite values of each metric and counts the non-finite ones (undefined cases).
 
-`seed_batch_metrics` reproduces the S0 seed's batch-level definitions for comparison (see its docstring).
+`seed_batch_metrics` reproduces the TransUNet-style BraTS segmenter's batch-level definitions for comparison
+(see its docstring).
 """
 from __future__ import annotations
 
@@ -270,7 +271,8 @@ def summarize(per_case_values: dict) -> dict:
 
 
 def _seed_chunk(p, t) -> dict:
-    """S0 metrics of one batch: global overlap counts and the 0-if-empty point-set Hausdorff."""
+    """The TransUNet-style segmenter's metrics of one batch: global overlap counts and the 0-if-empty point-set
+    Hausdorff."""
     overlap = {k: float(v) for k, v in _overlap(*_counts(p, t)).items()}
     pp, tp = np.argwhere(p).astype(np.float64), np.argwhere(t).astype(np.float64)
     hd = 0.0 if not (len(pp) and len(tp)) else max(directed_hausdorff(pp, tp)[0], directed_hausdorff(tp, pp)[0])
@@ -278,14 +280,15 @@ def _seed_chunk(p, t) -> dict:
 
 
 def seed_batch_metrics(pred_batch, truth_batch, batch_size: int | None = None) -> dict:
-    """The S0 seed's batch-level metrics, for comparison with its reported numbers (not per case).
+    """The TransUNet-style BraTS segmenter's batch-level metrics, for comparison with its reported numbers (not
+    per case).
 
     pred_batch, truth_batch: binary masks with a leading batch axis, e.g. (N, H, W) or (N, H, W, 1).
     Overlap metrics come from confusion counts pooled over the whole batch (rates undefined on a batch are
     nan). Hausdorff (in voxels, no spacing) is taken between the point sets of ALL foreground voxels of the
-    batch, with the batch index as a coordinate, and is 0.0 when either set is empty (the seed's convention).
+    batch, with the batch index as a coordinate, and is 0.0 when either set is empty (the original's convention).
     batch_size: if given, the batch is cut into consecutive chunks of that size and the chunk values are
-    averaged, as the seed averaged over its test batches (16). Returns a dict name -> float.
+    averaged, as the original averaged over its test batches (16). Returns a dict name -> float.
     """
     p, t = (np.asarray(m) for m in _pair(pred_batch, truth_batch))
     size = len(p) if batch_size is None else batch_size

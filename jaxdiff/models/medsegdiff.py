@@ -36,13 +36,12 @@ from typing import Optional, Sequence
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import numpy as np
 
+from jaxdiff import ops
 from jaxdiff.errors import InputError
 from jaxdiff.models import register
 from jaxdiff.models.ffparser import FFParser
-from jaxdiff.models.layers import (Conv, Dense, DenseParams, LayerNorm, ResBlock, Upsample, dot_product_attention, matmul,
-                                   timestep_embedding, tn_matmul, with_scalar)
+from jaxdiff.models.layers import Conv, Dense, DenseParams, LayerNorm, ResBlock, Upsample, timestep_embedding
 
 # lucidrains' LayerNorm eps in float32 (Flax's default is 1e-6).
 _EPS = 1e-5
@@ -96,36 +95,34 @@ class Attention(nn.Module):
         hd = self.heads * self.dim_head
         kernel, _ = DenseParams(3 * hd, use_bias=False, name="to_qkv")(c)
         x_norm, kernel = nn.dtypes.promote_dtype(x_norm, kernel)
-        # `to_qkv` (one (C, 3 heads d) kernel, torch's Linear) applied as products with its column blocks: splitting
-        # the (B N, 3 heads d) product instead made XLA:CPU copy each third out of it (strided slices, ~10 ms each
-        # at 32x32 in the op-level profile).
-        q, k = (matmul(x_norm, kernel[:, i * hd:(i + 1) * hd]).reshape(b, -1, self.heads, self.dim_head)
+        # `to_qkv` (torch's Linear, one (C, 3 heads d) kernel) applied as products with its column blocks: splitting
+        # the (B N, 3 heads d) product instead made XLA:CPU copy each third out of it.
+        q, k = (ops.matmul(x_norm, kernel[:, i * hd:(i + 1) * hd]).reshape(b, -1, self.heads, self.dim_head)
                 for i in range(2))
         w_v = kernel[:, 2 * hd:]
         if self.linear:
             out = self._linear(q, k, x_norm.reshape(b, -1, c), w_v)
             return x + _layer_norm(False)(out.reshape(b, h, w, c))
-        v = matmul(x_norm, w_v).reshape(b, -1, self.heads, self.dim_head)
-        return x + Dense(c, name="to_out")(dot_product_attention(q, k, v).reshape(b, h, w, hd))
+        v = ops.matmul(x_norm, w_v).reshape(b, -1, self.heads, self.dim_head)
+        return x + Dense(c, name="to_out")(ops.dot_product_attention(q, k, v).reshape(b, h, w, hd))
 
     def _linear(self, q, k, x_norm, w_v):
-        """Linear attention and `to_out`: q, k (B, N, heads, d), the normalised input x_norm (B, N, C) and the value
-        kernel w_v (C, heads d) -> (B, N, C).
+        """lucidrains' LinearAttention and `to_out`: q, k (B, N, heads, d), the normalised input x_norm (B, N, C) and
+        the value kernel w_v (C, heads d) -> (B, N, C). Per head h, with v_h the head's columns of x_norm w_v:
 
-        out = to_out(q context) = q_flat M + bias with M = blockdiag(context) W_out (B, heads d, C); the per-head
-        contexts k_h^T v_h are the diagonal blocks of k_flat^T v_flat = (k_flat^T x_norm) w_v (B, heads d, heads d),
-        so v (B, N, heads d) is never formed and the product over the N positions has C columns instead of heads d
-        (C = 16 vs 128 at medsegdiff_tiny's 32x32 levels: the linear attention there took a third of the DDIM
-        forward pass). Neither heads-major copies of q and k nor the (B, heads, N, d) q context are formed.
+          q_h = softmax over its d features of q_h, times d^-1/2;  k_h = softmax over the N positions of k_h
+          context_h = k_h^T v_h (d x d);  out = concat_h(q_h context_h) W_out + b_out
+
+        (`ops.linear_attention_context` / `ops.linear_attention_output`; on the CPU they never form v or the
+        per-head outputs.)
         """
-        b, n, heads, d = q.shape
-        q, scale = with_scalar(q, d ** -0.5)
-        q = (jax.nn.softmax(q, axis=-1) * scale).reshape(b, n, heads * d)
-        k = jax.nn.softmax(k, axis=1).reshape(b, n, heads * d)
-        block_diagonal = np.kron(np.eye(heads, dtype=np.float32), np.ones((d, d), np.float32))
-        context = matmul(tn_matmul(k, x_norm), w_v) * block_diagonal.astype(k.dtype)  # (B, hd, hd)
-        kernel, bias = DenseParams(x_norm.shape[-1], name="to_out")(heads * d)
-        return matmul(q, matmul(context, kernel)) + bias
+        d = q.shape[-1]
+        q, scale = ops.with_scalar(q, d ** -0.5)
+        q = jax.nn.softmax(q, axis=-1) * scale
+        k = jax.nn.softmax(k, axis=1)
+        context = ops.linear_attention_context(k, x_norm, w_v)  # (B, heads, d, d)
+        kernel, bias = DenseParams(x_norm.shape[-1], name="to_out")(q.shape[2] * d)
+        return ops.linear_attention_output(q, context, kernel) + bias
 
 
 class FeedForward(nn.Module):

@@ -17,10 +17,10 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from jaxdiff import ops
 from jaxdiff.errors import InputError
 from jaxdiff.models import register
-from jaxdiff.models.layers import (Conv, LayerNorm, PatchConvTranspose, SEBlock, max_pool2, timestep_embedding,
-                                   with_scalar)
+from jaxdiff.models.layers import Conv, LayerNorm, PatchConvTranspose, SEBlock, max_pool2, timestep_embedding
 
 _LEAK = 0.2
 
@@ -43,10 +43,10 @@ class ConvBlock(nn.Module):
 
     @nn.compact
     def __call__(self, x, *, train: bool = False):
-        # Each leaky ReLU's slope is tied to a conv output (materialised anyway) so that XLA does not share one
-        # full-size broadcast of the constant between all blocks (see `layers.with_scalar`).
-        residual, slope_out = with_scalar(nn.Conv(self.features, (1, 1), name="residual")(x), _LEAK)
-        h, slope_in = with_scalar(Conv(self.features, (3, 3), padding="SAME", name="conv1")(x), _LEAK)
+        # Each leaky ReLU's slope is tied to a conv output (materialised anyway) so that XLA:CPU does not share one
+        # full-size broadcast of the constant between all blocks (see `ops.with_scalar`).
+        residual, slope_out = ops.with_scalar(nn.Conv(self.features, (1, 1), name="residual")(x), _LEAK)
+        h, slope_in = ops.with_scalar(Conv(self.features, (3, 3), padding="SAME", name="conv1")(x), _LEAK)
         h = _leaky_relu(_batch_norm(train, "bn1")(h), slope_in)
         h = nn.Dropout(self.channel_dropout, broadcast_dims=(1, 2), deterministic=not train, name="drop2d")(h)
         h = Conv(self.features, (3, 3), padding="SAME", name="conv2")(h)

@@ -1,4 +1,4 @@
-"""Preprocessing of 2D brain scans (seed S4): near-white background cleanup, crop to the brain (Otsu or
+"""Preprocessing of 2D brain scans: near-white background cleanup, crop to the brain (Otsu or
 adaptive threshold, largest component, padded box), per-channel intensity CDFs, MUSICA contrast
 amplification (JAX), k-means intensity clusters with k chosen by WCSS / BCSS / silhouette /
 Calinski-Harabasz (JAX), colourised cluster masks, and a folder command:

@@ -1,4 +1,4 @@
-"""Preprocess a folder of brain scans (seed S4): cleanup, crop, MUSICA, k-means cluster masks, report.
+"""Preprocess a folder of brain scans: cleanup, crop, MUSICA, k-means cluster masks, report.
 
     python -m jaxdiff.preprocess --input DIR --output DIR [--method auto|otsu|adaptive] [--musica-alpha A ...]
         [--musica-levels 4] [--kmeans-k auto|N] [--k-min 2] [--k-max 20] [--size 256] [--quiet]

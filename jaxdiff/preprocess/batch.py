@@ -1,4 +1,5 @@
-"""Preprocess a folder of scans: cleanup, crop, resize, MUSICA, k-means cluster masks, report (seed S4).
+"""Preprocess a folder of scans: cleanup, crop, resize, MUSICA, k-means cluster masks, report
+(the Kaggle brain-tumour toolkit's steps).
 
 Output folder layout (relative paths of the input kept, extension .png):
   cleaned/<rel>.png    near-white background/frame set to black, cropped to the brain, padded to a centred

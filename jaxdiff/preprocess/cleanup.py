@@ -1,4 +1,4 @@
-"""Near-white background / frame cleanup and per-channel intensity CDFs (seed S4).
+"""Near-white background / frame cleanup and per-channel intensity CDFs.
 
 Some Kaggle yes/no scans sit on a white background or inside a light frame; Otsu then takes the background
 for the brain. `clean_background` finds near-white pixels (every channel >= `level`), keeps the near-white

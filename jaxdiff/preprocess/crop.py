@@ -1,4 +1,4 @@
-"""Crop a scan to the brain: threshold, largest connected component, padded bounding box (seed S4).
+"""Crop a scan to the brain: threshold, largest connected component, padded bounding box.
 
 Thresholds (scikit-image), on the channel-mean grey image after a Gaussian blur of `blur` pixels:
 - "otsu": one global threshold (`skimage.filters.threshold_otsu`), for evenly lit scans (most of them).

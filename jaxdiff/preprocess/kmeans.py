@@ -1,8 +1,8 @@
-"""K-means in JAX with k-means++ initialisation, batched over images, and the choice of k (seed S4).
+"""K-means in JAX with k-means++ initialisation, batched over images, and the choice of k.
 
 One compiled function serves every k of a range: centres live in a (k_max, D) array and only the first k
 are active (inactive ones are at infinite distance), so `vmap` runs all k values and all images at once.
-Per fit the curves of the seed are computed: WCSS (within-cluster sum of squares), BCSS (between-cluster
+Per fit the toolkit's four curves are computed: WCSS (within-cluster sum of squares), BCSS (between-cluster
 sum of squares, sum_j n_j |c_j - mean|^2), the silhouette score (mean over a fixed-seed subsample of
 `silhouette_points` points, computed on that subsample as sklearn's `silhouette_score(..., sample_size=)`;
 a point alone in its cluster scores 0) and the Calinski-Harabasz index (BCSS / (k - 1)) / (WCSS / (N - k)).
@@ -10,12 +10,12 @@ a point alone in its cluster scores 0) and the Calinski-Harabasz index (BCSS / (
 Choice of k (`choose_k`, documented rule): per image, every curve is min-max normalised over the k range;
 WCSS and BCSS are monotone, so they score by their elbow (kneedle: the normalised gain minus the normalised
 k, largest at the elbow, min-max normalised again); silhouette and Calinski-Harabasz score by value. The four
-scores are averaged over images (as the seed averaged its curves) and over the four curves; the chosen k
-maximises that mean. (The seed read k = 10 off its averaged curves by eye; `fit(..., k=10)` or
+scores are averaged over images (as the toolkit averaged its curves) and over the four curves; the chosen k
+maximises that mean. (The toolkit read k = 10 off its averaged curves by eye; `fit(..., k=10)` or
 `--kmeans-k 10` reproduces that setting.)
 
 Clusters are then sorted by mean intensity (0 = darkest) and coloured, darkest to brightest, black, purple,
-blue, cyan, light blue, green, yellow, pink, orange, red (the seed's order); fewer than 10 clusters take
+blue, cyan, light blue, green, yellow, pink, orange, red (the toolkit's order); fewer than 10 clusters take
 evenly spaced colours of that list (always black to red), more than 10 interpolate between them.
 """
 from __future__ import annotations

@@ -1,5 +1,5 @@
 """MUSICA (multiscale image contrast amplification) in JAX: Laplacian pyramid, amplified detail layers,
-reconstruction (seed S4).
+reconstruction.
 
 Pyramid of (B, H, W, C) images: G0 = x, G(l+1) = blur(Gl)[::2, ::2] with the 5-tap binomial kernel
 [1, 4, 6, 4, 1] / 16 (reflect padding); detail Ll = Gl - up(G(l+1)) with bilinear `jax.image.resize` to

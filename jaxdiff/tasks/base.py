@@ -7,16 +7,17 @@ from __future__ import annotations
 
 import abc
 import contextlib
-import sys
+from typing import Protocol, runtime_checkable
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-import jaxdiff
 from jaxdiff import models
 from jaxdiff.errors import InputError
+from jaxdiff.platform import run_once_compiled
+from jaxdiff.progress import progress_bar, progress_line, quiet_progress  # noqa: F401  (tasks import them from here)
 from jaxdiff.training.state import trainable_predicate
 
 _DTYPES = {"fp32": jnp.float32, "bf16": jnp.bfloat16}
@@ -77,7 +78,7 @@ class Task(abc.ABC):
         """Model variables ({"params", maybe "batch_stats"}) for an example batch.
 
         Called on concrete arrays (a test, a notebook), the initialisation runs as one compiled function
-        (`jaxdiff.run_once_compiled`) instead of Flax's op-by-op dispatch; inside a trace (`init_state`'s jit,
+        (`run_once_compiled`) instead of Flax's op-by-op dispatch; inside a trace (`init_state`'s jit,
         `eval_shape`) it is traced as is."""
         def init_fn(rng, arrays):
             args, kwargs = self.model_inputs({**batch, **arrays})
@@ -88,7 +89,7 @@ class Task(abc.ABC):
                   if isinstance(v, jax.Array) or (isinstance(v, np.ndarray) and v.dtype.kind in "biufc")}
         if any(isinstance(leaf, jax.core.Tracer) for leaf in jax.tree.leaves((rng, batch))):
             return init_fn(rng, arrays)
-        return jaxdiff.run_once_compiled(init_fn, rng, arrays)
+        return run_once_compiled(init_fn, rng, arrays)
 
     def apply(self, variables, *args, rng=None, train=False, mutable=False, **kwargs):
         """`model.apply` in the compute dtype; outputs cast back to float32.
@@ -96,7 +97,8 @@ class Task(abc.ABC):
         `rng` feeds the "dropout" and "sample" (e.g. VAE reparameterisation) collections.
         With `mutable` (e.g. ["batch_stats"]) returns (outputs, updated collections).
         With `train.trainable` set, frozen BatchNorm layers (scale and bias both frozen; see
-        `_frozen_batch_norm_interceptor` for one without them) run on their running statistics and leave them unchanged even when `train` (Keras's rule for a frozen backbone);
+        `_frozen_batch_norm_interceptor` for one without them) run on their running statistics and leave them
+        unchanged even when `train` (Keras's rule for a frozen backbone);
         `train.freeze_batch_stats=False` lets them normalise with batch statistics and update them (PyTorch's
         behaviour with `requires_grad=False` in train mode).
         """
@@ -125,33 +127,76 @@ class Task(abc.ABC):
         """End-of-run report on held-out examples (`val_source[i]` -> example dict): writes pictures into
         `workdir/samples` and returns the metrics to print."""
 
+    # --- optional, with defaults ------------------------------------------------------------------------
+    def initial_state(self, state):
+        """The train state a fresh run starts from (a resumed run restores its checkpoint instead): `state` as
+        initialised, unless the task loads given weights into it (classification: `train.init_from`)."""
+        return state
 
-_QUIET = []  # nesting of `quiet_progress()`
+    def summary_lines(self, variables) -> list[str]:
+        """Lines `python -m jaxdiff.summary` prints before the parameter table (none by default)."""
+        return []
 
-
-@contextlib.contextmanager
-def quiet_progress(quiet: bool = True):
-    """No progress lines or bars from `finalize` / `evaluate` inside the block (`train --quiet`)."""
-    _QUIET.append(bool(quiet))
-    try:
-        yield
-    finally:
-        _QUIET.pop()
-
-
-def progress_line(text: str) -> None:
-    """One line on stderr saying what an evaluation is doing (what it scores, how long it took), unless quiet."""
-    if not (_QUIET and _QUIET[-1]):
-        from tqdm.auto import tqdm
-        tqdm.write(text, file=sys.stderr)
+    def counted_params(self, params):
+        """The parameters `python -m jaxdiff.summary` counts (all by default)."""
+        return params
 
 
-def progress_bar(iterable, desc: str, total: int | None = None, unit: str = "batch"):
-    """`iterable` with a tqdm bar on stderr, as evaluations loop over batches; off when quiet or when stderr is not
-    a terminal (tqdm's `disable=None`)."""
-    from tqdm.auto import tqdm
-    return tqdm(iterable, desc=desc, total=total, unit=unit, leave=False, dynamic_ncols=True, file=sys.stderr,
-                disable=True if (_QUIET and _QUIET[-1]) else None)
+# --- capabilities beyond training: what the command-line tools need of a task ------------------------------
+# Structural protocols (a task class has the methods; it need not inherit them). `tasks.require(config, name)`
+# checks a config's task class for one before anything is built.
+
+@runtime_checkable
+class Trainable(Protocol):
+    """`python -m jaxdiff.train`: every `Task`."""
+
+    def example_batch(self, batch_size: int) -> dict: ...
+    def loss(self, params, model_state, batch, rng, train=True): ...
+    def finalize(self, state, workdir: str, val_source, rng) -> dict: ...
+
+
+@runtime_checkable
+class Samplable(Protocol):
+    """`python -m jaxdiff.sample`: draws `num` samples with the state's EMA weights and writes them to `out_dir`;
+    returns the written paths."""
+
+    def sample_to_files(self, state, out_dir: str, num: int, steps, rng) -> list[str]: ...
+
+
+@runtime_checkable
+class Evaluable(Protocol):
+    """`python -m jaxdiff.evaluate`: scores the state on `source` (a split), writes files into `out_dir` and
+    returns the metrics."""
+
+    def evaluate(self, state, source, out_dir: str, rng, num=None, num_steps=None, split=None) -> dict: ...
+
+
+@runtime_checkable
+class Predictable(Protocol):
+    """`python -m jaxdiff.predict` / `jaxdiff.inference.Predictor`: the model's prediction for a batch of images."""
+
+    def predict(self, variables, images, *args, **kwargs): ...
+
+
+@runtime_checkable
+class Generative(Protocol):
+    """A cascade's base stage: `num` images of `image_shape()` from noise."""
+
+    def generate(self, variables, num: int, rng, labels=None, num_steps=None): ...
+    def image_shape(self) -> tuple: ...
+
+
+@runtime_checkable
+class Upscaling(Protocol):
+    """A cascade's super-resolution stage: images of `image_shape()` from low-res images of `low_res_shape()`."""
+
+    def upscale(self, variables, low, rng, num_steps=None): ...
+    def low_res_shape(self) -> tuple: ...
+    def image_shape(self) -> tuple: ...
+
+
+CAPABILITIES = {"train": Trainable, "sample": Samplable, "evaluate": Evaluable, "predict": Predictable,
+                "generate": Generative, "upscale": Upscaling}
 
 
 def split_name(source, split: str | None = None) -> str:

@@ -1,4 +1,4 @@
-"""Image classification (seed S4: tumour yes/no) with the classifiers of `jaxdiff.models.classifiers`.
+"""Image classification (e.g. brain MRI tumour yes/no) with the classifiers of `jaxdiff.models.classifiers`.
 
 Batch: {"image": (B, H, W, C) in [-1, 1], "label": (B,) int32}. A source without "label" but with a "mask"
 (B, H, W, 1) (e.g. the phantom slices) is read as "does this slice show a tumour": label = any(mask > 0.5).
@@ -21,8 +21,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from jaxdiff import reporting
 from jaxdiff.errors import InputError
-from jaxdiff.io import files
 from jaxdiff.metrics import classification as cls_metrics
 from jaxdiff.tasks.base import Task, progress_bar, progress_line, split_name, zeros_like_spec
 
@@ -188,36 +188,8 @@ class ClassificationTask(Task):
         labels, probs = self.check_labels(np.concatenate(labels)), np.concatenate(probs)
         result = cls_metrics.report(labels, probs)
         names = getattr(source, "classes", None) or [str(k) for k in range(self.num_classes)]
-        confusion_figure(np.asarray(result["confusion_matrix"]), list(names),
-                         os.path.join(out_dir, "confusion_matrix.png"))
-        files.write_text(os.path.join(out_dir, "predictions.json"),
-                         files.strict_json({"labels": labels.tolist(), "probs": probs.round(6).tolist()}))
+        reporting.write_classification(out_dir, result["confusion_matrix"], list(names), labels, probs)
         return result
 
     def finalize(self, state, workdir, val_source, rng) -> dict:
         return self.evaluate(state, val_source, os.path.join(workdir, "samples"), rng, split="val")
-
-
-def confusion_figure(cm: np.ndarray, class_names: list, path: str) -> str:
-    """Save a confusion-matrix heat map (rows: true, columns: predicted; counts and row %) as PNG."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    k = len(cm)
-    fig, ax = plt.subplots(figsize=(1.2 * k + 2.0, 1.2 * k + 1.5))
-    ax.imshow(cm, cmap="Blues")
-    rows = np.maximum(cm.sum(1, keepdims=True), 1)
-    for i in range(k):
-        for j in range(k):
-            ax.text(j, i, f"{cm[i, j]}\n{100 * cm[i, j] / rows[i, 0]:.0f}%", ha="center", va="center",
-                    color="white" if cm[i, j] > cm.max() / 2 else "black", fontsize=9)
-    ax.set_xticks(range(k), class_names)
-    ax.set_yticks(range(k), class_names)
-    ax.set_xlabel("predicted")
-    ax.set_ylabel("true")
-    fig.tight_layout()
-    with files.open_write(path) as f:
-        fig.savefig(f, dpi=100, format="png")
-    plt.close(fig)
-    return path

@@ -2,7 +2,9 @@
 
 Config block `diffusion`: schedule (linear | cosine | scaled_linear | cosine_angle), num_timesteps, optional
 beta_start / beta_end, prediction (eps | x0 | v), loss (mse | l1), min_snr_gamma (0: off), sampler (ddim |
-ddpm), sample_steps, eta, clip_x0 (bound for the predicted x0, 0: off), guidance_scale (0: off).
+ddpm | dpm++), sample_steps, eta (DDIM), clip_x0 (bound for the predicted x0, 0: off), guidance_scale (0: off),
+dpm_order (DPM-Solver++ order 1 | 2 | 3, default 2: the 2M solver), timestep_spacing (which timesteps DDIM /
+DPM-Solver++ visit: logsnr | uniform | quadratic; default uniform for DDIM, logsnr for dpm++).
 """
 from __future__ import annotations
 
@@ -15,6 +17,8 @@ from jaxdiff.diffusion import gaussian, samplers, schedules
 from jaxdiff.errors import InputError
 from jaxdiff.tasks.base import Task
 from jaxdiff.training import sharding as shd
+
+SAMPLERS = ("ddim", "ddpm", "dpm++")
 
 
 def make_schedule(diff_cfg):
@@ -36,8 +40,16 @@ class DiffusionTask(Task):
         self.loss_kind = d.get("loss", "mse")
         if self.loss_kind not in ("mse", "l1"):
             raise InputError(f"config key diffusion.loss: {self.loss_kind!r} is not mse or l1")
-        if d.get("sampler", "ddim") not in ("ddim", "ddpm"):
-            raise InputError(f"config key diffusion.sampler: {d.sampler!r} is not ddim or ddpm")
+        self.sampler = d.get("sampler", "ddim")
+        if self.sampler not in SAMPLERS:
+            raise InputError(f"config key diffusion.sampler: {self.sampler!r} is not one of {', '.join(SAMPLERS)}")
+        self.timestep_spacing = d.get("timestep_spacing", None) or ("logsnr" if self.sampler == "dpm++" else "uniform")
+        if self.timestep_spacing not in samplers.SOLVER_SPACINGS:
+            raise InputError(f"config key diffusion.timestep_spacing: {self.timestep_spacing!r} is not one of "
+                             f"{', '.join(samplers.SOLVER_SPACINGS)}")
+        self.dpm_order = d.get("dpm_order", 2)
+        if self.dpm_order not in samplers.DPM_ORDERS:
+            raise InputError(f"config key diffusion.dpm_order: {self.dpm_order!r} is not 1, 2 or 3")
 
     def diffusion_loss(self, params, model_state, x0, cond, rng, train=True):
         """Noise `x0` (B, ..., C) at uniform random t and score the denoiser's prediction.
@@ -71,18 +83,25 @@ class DiffusionTask(Task):
         guidance = float(d.get("guidance_scale", 0.0)) or None
         common = dict(prediction=self.prediction, cond=cond, guidance_scale=guidance, clip_x0=clip,
                       return_trajectory=return_trajectory, uncond=uncond, sharding=sharding)
-        if d.get("sampler", "ddim") == "ddpm":
+        if self.sampler == "ddpm":
             return samplers.ddpm_sample(self.denoise_fn(variables), self.schedule, shape, rng, **common)
-        return samplers.ddim_sample(self.denoise_fn(variables), self.schedule, shape, rng,
-                                    num_steps=int(num_steps or d.get("sample_steps", 50)),
-                                    eta=float(d.get("eta", 0.0)), **common)
+        steps = int(num_steps or d.get("sample_steps", 50))
+        if self.sampler == "dpm++":
+            return samplers.dpm_solver_sample(self.denoise_fn(variables), self.schedule, shape, rng, num_steps=steps,
+                                              order=int(self.dpm_order), spacing=self.timestep_spacing, **common)
+        return samplers.ddim_sample(self.denoise_fn(variables), self.schedule, shape, rng, num_steps=steps,
+                                    eta=float(d.get("eta", 0.0)), spacing=self.timestep_spacing, **common)
 
     def sampler_text(self, num_steps=None) -> str:
-        """'DDIM 10 steps' / 'DDPM 1000 steps': the reverse chain `sample` runs, for progress lines."""
+        """'DDIM 10 steps' / 'DDPM 1000 steps' / 'DPM-Solver++(2M) 10 steps': the reverse chain `sample` runs,
+        for progress lines."""
         d = self.config.diffusion
-        if d.get("sampler", "ddim") == "ddpm":
+        if self.sampler == "ddpm":
             return f"DDPM {self.schedule.num_timesteps} steps"
-        return f"DDIM {int(num_steps or d.get('sample_steps', 50))} steps"
+        steps = int(num_steps or d.get("sample_steps", 50))
+        if self.sampler == "dpm++":
+            return f"DPM-Solver++({self.dpm_order}M) {steps} steps"
+        return f"DDIM {steps} steps"
 
     @functools.cached_property
     def _compiled_sample(self):

@@ -20,12 +20,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxdiff import reporting
 from jaxdiff.data import pipeline
-from jaxdiff.io import nifti
+from jaxdiff.evaluators import features
+from jaxdiff.evaluators import generation as generation_eval
 from jaxdiff.metrics import distribution
 from jaxdiff.tasks.base import progress_line, zeros_like_spec
 from jaxdiff.tasks.diffusion_task import DiffusionTask
-from jaxdiff.viz import grid
 
 
 class GenerationTask(DiffusionTask):
@@ -95,12 +96,13 @@ class GenerationTask(DiffusionTask):
             step = int(jax.device_get(state.step))
             out = os.path.join(workdir, "samples", f"step{step:06d}")
             samples, paths = self._volumes_to_files(state, out, num, None, rng, val_source)
-            return {**self._volume_metrics(samples, self._references(val_source, samples.shape[1:], num)),
+            ref = self._references(val_source, samples.shape[1:], num)
+            return {**generation_eval.volume_metrics(samples, ref),
                     "samples_dir": out, "files": len(paths), "num_scored": len(samples)}
         variables = state.variables(ema=True)
         samples = np.asarray(jax.device_get(self.generate(variables, num, rng)))
         step = int(jax.device_get(state.step))
-        path = grid.save_grid(samples, os.path.join(workdir, "samples", f"samples_step{step:06d}.png"), scale=2)
+        path = reporting.sample_grid(samples, os.path.join(workdir, "samples", f"samples_step{step:06d}.png"))
         ref = np.stack([val_source[i]["image"] for i in range(min(len(val_source), max(num, 2)))])
         out = {"pixel_mmd": distribution.mmd_rbf(distribution.pooled_pixels(samples), distribution.pooled_pixels(ref)),
                "samples_png": path, "num_scored": len(samples)}
@@ -111,25 +113,20 @@ class GenerationTask(DiffusionTask):
     def _kid(self, variables, val_source, rng) -> dict:
         """KID (Keras DDIM example) of `sample.kid_num` images drawn with `sample.kid_steps` DDIM steps against as
         many held-out images, on the `sample.kid_features` extractor (`sample.kid_weights` file if it needs one)."""
-        from jaxdiff.metrics import features
         s = self.config.sample
         extractor = features.get_extractor(s.get("kid_features", "in_project"), s.get("kid_weights", "") or None,
                                            resize_to=int(s.get("kid_image_size", 75)) or None)
         n = min(len(val_source), int(s.get("kid_num", 64)))
         real = np.stack([val_source[i]["image"] for i in range(n)])
         fake = np.asarray(jax.device_get(self.generate(variables, n, rng, num_steps=int(s.get("kid_steps", 5)))))
-        kid, kid_std = distribution.kid(extractor(real), extractor(fake))
-        return {"kid": kid, "kid_std": kid_std, "kid_features": extractor.description}
+        return generation_eval.kid(extractor, real, fake)
 
     def sample_to_files(self, state, out_dir: str, num: int, steps, rng) -> list[str]:
         """`jaxdiff.sample`: a grid PNG plus one PNG per sample (2D); NIfTI volumes and figures (3D)."""
         if self.dims == 3:
             return self._volumes_to_files(state, out_dir, num, steps, rng, None)[1]
         samples = np.asarray(jax.device_get(self.generate(state.variables(ema=True), num, rng, num_steps=steps)))
-        paths = [grid.save_grid(samples, os.path.join(out_dir, "grid.png"), scale=2)]
-        for i, s in enumerate(samples):
-            paths.append(grid.save_grid(s[None], os.path.join(out_dir, f"sample_{i:03d}.png"), ncol=1))
-        return paths
+        return reporting.write_image_samples(samples, out_dir)
 
     # --- 3D -------------------------------------------------------------------------------------------
     def _whole_volume(self) -> bool:
@@ -174,54 +171,9 @@ class GenerationTask(DiffusionTask):
 
     def _volumes_to_files(self, state, out_dir: str, num: int, steps, rng, source):
         """Sample and write NIfTI + montage per sample, real-vs-generated, process figure and HTML view of
-        sample 0 into `out_dir`. Returns (samples, written paths)."""
-        from jaxdiff.viz import volume
+        sample 0 into `out_dir` (`reporting.write_volume_samples`). Returns (samples, written paths)."""
         source = source if source is not None else pipeline.get_source(self.config.data, "val")
         samples, labels, traj = self.generate_volumes(state.variables(ema=True), num, rng, num_steps=steps)
         affines = self._affines(source, labels, num)
-        paths = []
-        for i, (sample, affine) in enumerate(zip(samples, affines)):
-            name = os.path.join(out_dir, f"sample_{i:03d}" + ("" if labels is None else f"_region{labels[i]}"))
-            paths.append(nifti.save_nifti(name + ".nii.gz", sample, affine))
-            paths.append(volume.save_montage(sample, name + "_montage.png"))
         real = self._references(source, samples.shape[1:], num)[:num]
-        paths.append(volume.save_real_vs_generated(real, samples[: len(real)],
-                                                   os.path.join(out_dir, "real_vs_generated.png")))
-        paths.append(volume.save_process(traj, os.path.join(out_dir, "diffusion_process.png")))
-        spacing = tuple(float(z) for z in np.sqrt((affines[0][:3, :3] ** 2).sum(axis=0)))
-        paths.append(volume.save_html(samples[0], os.path.join(out_dir, "sample_000.html"), spacing=spacing))
-        return samples, [str(p) for p in paths]
-
-    @staticmethod
-    def _volume_metrics(samples, ref) -> dict:
-        """Generated vs real volumes (N, X, Y, Z, C): squared MMD on the features of the default 3D encoder
-        (`metrics.features3d`: a fixed random 3D CNN, not a trained encoder) and on 8x8x8 block means, and the
-        mean pairwise MS-SSIM within each set (diversity: lower is more varied). None below 2 volumes a set."""
-        if len(samples) < 2 or len(ref) < 2:
-            return dict.fromkeys(("feature_mmd_random_conv3d", "pixel_mmd", "ms_ssim_generated", "ms_ssim_real"))
-        from jaxdiff.metrics import features3d
-        return {"feature_mmd_random_conv3d": features3d.distance(ref, samples, kind="mmd"),
-                "pixel_mmd": distribution.mmd_rbf(_block_means(samples), _block_means(ref)),
-                "ms_ssim_generated": _pairwise_ms_ssim(samples), "ms_ssim_real": _pairwise_ms_ssim(ref)}
-
-
-def _pairwise_ms_ssim(volumes) -> float:
-    """Mean MS-SSIM over all pairs of (N, X, Y, Z, C) volumes in [-1, 1], N >= 2, computed on (x + 1) / 2 with
-    data range 1 (MS-SSIM's luminance term needs non-negative intensities; see `image_quality.ms_ssim`).
-    Unrelated volumes (e.g. noise-like samples of a barely trained model) score about 0: their contrast-structure
-    means are near 0 or below, and negative ones clip to 0."""
-    from jaxdiff.metrics import image_quality
-    i, j = np.triu_indices(len(volumes), 1)
-    x = (np.clip(np.asarray(volumes, np.float32), -1.0, 1.0) + 1.0) / 2.0
-    return float(np.mean(np.asarray(image_quality.ms_ssim(x[i], x[j], data_range=1.0))))
-
-
-def _block_means(x, cells: int = 8) -> np.ndarray:
-    """(N, *spatial, C) -> (N, F) features: the mean over about `cells` blocks per spatial axis."""
-    x = np.asarray(x, np.float64)
-    for axis in range(1, x.ndim - 1):
-        f = max(x.shape[axis] // cells, 1)
-        n = x.shape[axis] // f
-        x = np.take(x, np.arange(n * f), axis=axis)
-        x = x.reshape(*x.shape[:axis], n, f, *x.shape[axis + 1:]).mean(axis=axis + 1)
-    return x.reshape(len(x), -1)
+        return samples, reporting.write_volume_samples(out_dir, samples, affines, real, traj, labels)

@@ -21,14 +21,12 @@ and per-region Dice of the whole case).
 """
 from __future__ import annotations
 
-import os
 import time
 
 import numpy as np
 
-from jaxdiff import scoring
+from jaxdiff import reporting
 from jaxdiff.errors import InputError
-from jaxdiff.io import files
 from jaxdiff.metrics import regions as regions_lib
 from jaxdiff.metrics import segmentation
 from jaxdiff.tasks.base import progress_bar, progress_line, split_name
@@ -143,7 +141,7 @@ def _worst(candidates) -> int:
 
 
 def _figure(candidates, regions, out_dir, title_extra: str = "") -> str | None:
-    from jaxdiff.viz import overlay
+    """overlays.png of the panels `pick_figures` chooses (None when there is none)."""
     picks = pick_figures(candidates)
     if not picks:
         return None
@@ -152,10 +150,10 @@ def _figure(candidates, regions, out_dir, title_extra: str = "") -> str | None:
     titles = [c["title"] + (f" (lowest {next(iter(regions))} Dice)" if i == worst else "") for i, c in
               zip(picks, sel)]
     unc = [c["uncertainty"] for c in sel]
-    return overlay.region_panel([c["image"] for c in sel], [c["truth"] for c in sel], [c["pred"] for c in sel],
-                                os.path.join(out_dir, "overlays.png"), regions,
-                                uncertainty=None if any(u is None for u in unc) else unc, titles=titles,
-                                suptitle=title_extra)
+    return reporting.region_overlays(out_dir, [c["image"] for c in sel], [c["truth"] for c in sel],
+                                     [c["pred"] for c in sel], regions,
+                                     uncertainty=None if any(u is None for u in unc) else unc, titles=titles,
+                                     suptitle=title_extra)
 
 
 def _headline(summary: dict, regions, rename=None) -> dict:
@@ -171,13 +169,6 @@ def _headline(summary: dict, regions, rename=None) -> dict:
             if stats["undefined"]:
                 out[f"{key}_undefined"] = stats["undefined"]
     return out
-
-
-def _write(out_dir, rows, columns, body: dict) -> dict:
-    csv_path = files.write_text(os.path.join(out_dir, "per_case.csv"), scoring.csv_text(rows, columns))
-    body = {**body, "per_case_csv": csv_path}
-    json_path = files.write_text(os.path.join(out_dir, "evaluation.json"), files.strict_json(body, indent=1))
-    return {"per_case_csv": csv_path, "evaluation_json": json_path}
 
 
 def evaluate_volumes(predictor, source, out_dir: str, rng, num: int | None, split: str | None,
@@ -213,7 +204,7 @@ def evaluate_volumes(predictor, source, out_dir: str, rng, num: int | None, spli
             "regions": {r: "every label > 0" if v is None else list(v) for r, v in regions.items()},
             "metrics": summary, "conventions": regions_lib.conventions(), "distance_unit": "mm",
             "cases": [c["case"] for c in candidates], "overlays_png": fig, "seconds": seconds}
-    paths = _write(out_dir, rows, COLUMNS, body)
+    paths = reporting.write_case_scores(out_dir, rows, COLUMNS, body)
     progress_line(f"scored {len(cases)} cases in {seconds:.1f} s")
     return {"split": split, "num_cases": len(cases), "scored_as": "whole cases in 3D", "regions": list(regions),
             **_headline(summary, regions), **({"subsample": subsample} if subsample else {}),
@@ -274,7 +265,7 @@ def evaluate_images(predictor, source, out_dir: str, rng, num: int | None, split
             "distance_unit": "pixels", "cases": [c["case"] for c in candidates], "overlays_png": fig,
             "seconds": seconds}
     columns = ("case", "region", *metric_names, *regions_lib.COUNTS)
-    paths = _write(out_dir, rows, columns, body)
+    paths = reporting.write_case_scores(out_dir, rows, columns, body)
     progress_line(f"scored {len(index)} images in {seconds:.1f} s")
     return {"split": split, "num_cases": len(index), "scored_as": "each image one case in 2D",
             "regions": list(regions), **_headline(summary, regions), **({"subsample": subsample} if subsample else {}),
@@ -323,9 +314,8 @@ def report(images, masks, preds, out_dir: str, spacing=(1.0, 1.0), uncertainty=N
 
     Writes `<out_dir>/evaluation.json` (means, per-slice lists, "scored_as": "slice_level") and
     `<out_dir>/overlays.png`. Returns the per-slice means (conventions in `jaxdiff.metrics.segmentation`), counts
-    of undefined slices, the seed S0's batch-level figures for comparison, and `extra`.
+    of undefined slices, the TransUNet-style segmenter's batch-level figures for comparison, and `extra`.
     """
-    from jaxdiff.viz import overlay
     truth = np.asarray(masks)[..., 0] > 0.5
     pred = np.asarray(preds)[..., 0] > 0.5
     per_case = segmentation.per_case(pred, truth, spacing=spacing)
@@ -333,13 +323,10 @@ def report(images, masks, preds, out_dir: str, spacing=(1.0, 1.0), uncertainty=N
     seed = segmentation.seed_batch_metrics(pred, truth)
     k = min(num_figures, len(pred))
     titles = [f"Dice {d:.2f}" for d in per_case["dice"][:k]]
-    fig = overlay.segmentation_panel(images[:k], truth[:k], pred[:k], os.path.join(out_dir, "overlays.png"),
-                                     uncertainty=None if uncertainty is None else uncertainty[:k], titles=titles)
     has_tumour = truth.reshape(len(truth), -1).any(1)
     tumour_only = {f"{k}_tumour_cases": float(np.mean(per_case[k][has_tumour])) if has_tumour.any() else float("nan")
                    for k in ("dice", "iou")}
     out = {**means, **tumour_only, "num_cases": int(len(pred)), "num_cases_with_tumour": int(has_tumour.sum()),
-           "scored_as": "slice level, each slice one case", **(extra or {}), "seed_batch_metrics": seed, "overlays_png": fig}
-    files.write_text(os.path.join(out_dir, "evaluation.json"), files.strict_json(
-        {"mean": out, "per_case": {k: [float(v) for v in vals] for k, vals in per_case.items()}}, indent=1))
-    return out
+           "scored_as": "slice level, each slice one case", **(extra or {}), "seed_batch_metrics": seed}
+    return reporting.write_slice_report(out_dir, images[:k], truth[:k], pred[:k], out, per_case,
+                                        uncertainty=None if uncertainty is None else uncertainty[:k], titles=titles)

@@ -1,46 +1,30 @@
-"""Supervised segmentation (S0's UNet-transformer, S4's 512 U-Net), optionally with S0's VAE error head.
+"""Supervised segmentation (the TransUNet-style BraTS segmenter, the 512 U-Net), optionally with a VAE error head.
 
 Batch: {"image": (B, H, W, C) in [-1, 1], "mask": (B, H, W, K) in {0, 1}}. The segmenter `config.model` maps
 the image to logits: one channel (sigmoid, binary cross-entropy) or `K >= 2` channels (softmax cross-entropy,
 class 1 = tumour, mask K = 1). With `data.regions` (e.g. "brats": WT, TC, ET) the mask has one channel per
 region and the model as many logits, each an independent sigmoid (nnU-Net's region-based training): BCE and soft
 Dice are taken per region channel and averaged over the regions. With `config.error_head` (e.g.
-`name="vae_error_head"`) a VAE reconstructs the error map |logits - mask| and the loss is S0's: BCE +
-`loss.error_weight` * MSE(recon, error) [+ `loss.kl_weight` * KL, which the seed omits] [+ `loss.dice_weight` *
-soft Dice loss].
+`name="vae_error_head"`) a VAE reconstructs the error map |logits - mask| and the loss is the TransUNet-style
+segmenter's: BCE + `loss.error_weight` * MSE(recon, error) [+ `loss.kl_weight` * KL, which the original omits]
+[+ `loss.dice_weight` * soft Dice loss].
 """
 from __future__ import annotations
 
 import os
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 
-from jaxdiff import models
+from jaxdiff import models, reporting
 from jaxdiff.data.sources import mask_channels
 from jaxdiff.errors import InputError
+from jaxdiff.models.params import count
+from jaxdiff.models.segmenter_error_head import SegmenterWithErrorHead
 from jaxdiff.tasks import seg_eval
 from jaxdiff.tasks.base import Task, zeros_like_spec
-from jaxdiff.viz import grid
-
-
-class SegmenterWithErrorHead(nn.Module):
-    """(image, mask) -> (logits, error-head outputs or None). Parameters under "segmenter" / "error_head"."""
-
-    segmenter: nn.Module
-    error_head: nn.Module | None = None
-
-    @nn.compact
-    def __call__(self, x, mask=None, *, train: bool = False):
-        logits = self.segmenter(x, train=train)
-        if self.error_head is None or mask is None:
-            return logits, None
-        error = jnp.abs((logits if logits.shape[-1] == mask.shape[-1] else logits[..., :1]) - mask)
-        recon, mu, logvar = self.error_head(error, train=train)
-        return logits, (error, recon, mu, logvar)
 
 
 def soft_dice_loss(prob, mask, eps: float = 1.0):
@@ -81,7 +65,6 @@ class SegmentationTask(Task):
         return params["segmenter"]
 
     def summary_lines(self, variables):
-        from jaxdiff.summary import count
         if "error_head" in variables["params"]:
             yield f"error head ({self.config.error_head.name}) params: {count(variables['params']['error_head'])}"
 
@@ -141,9 +124,7 @@ class SegmentationTask(Task):
             recon = jax.device_get(jax.jit(self.predict)(
                 variables, np.stack([e["image"] for e in first]), np.stack([e["mask"] for e in first])))
             if "error_recon" in recon:
-                r = np.asarray(recon["error_recon"])
-                grid.save_grid(r, os.path.join(out_dir, "error_map_recon.png"),
-                               value_range=(0.0, float(r.max()) or 1.0), scale=2)
+                reporting.save_error_map(recon["error_recon"], out_dir)
         return seg_eval.evaluate(self, variables, source, out_dir, rng, num=num, split=split)
 
     def finalize(self, state, workdir, val_source, rng) -> dict:

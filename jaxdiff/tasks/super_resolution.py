@@ -1,4 +1,4 @@
-"""Super-resolution diffusion (seed S3's SR1 / SR2 stages): learn p(high-res | low-res).
+"""Super-resolution diffusion (the SR1 / SR2 stages of the 64 -> 128 -> 256 cascade): learn p(high-res | low-res).
 
 Batch: {"image": (B, H, W, C) high-res in [-1, 1]}. The low-res input is made on the fly by area-averaging to
 `data.low_res_size` (H a multiple of it); the model gets it as cond["low_res"] (B, h, w, C) and upsamples it
@@ -12,8 +12,8 @@ At sampling s is fixed to round(`diffusion.low_res_noise_sample` (T - 1)) (defau
 Residual diffusion (`diffusion.residual = True`, as in SRDiff, Li et al. 2022): the chain runs on the residual
 r = high-res - bilinear(low-res) of the un-augmented low-res input, and `upscale` returns bilinear(low-res) + r
 clipped to [-1, 1]. With x0-prediction a denoiser that outputs 0 returns the bilinear upsample, so a briefly
-trained stage starts from interpolation rather than from noise. Off (the seed's setup): the chain runs on the
-high-res image itself.
+trained stage starts from interpolation rather than from noise. Off (the original cascade's setup): the chain
+runs on the high-res image itself.
 """
 from __future__ import annotations
 
@@ -23,11 +23,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxdiff import reporting
 from jaxdiff.diffusion import gaussian
 from jaxdiff.errors import InputError
+from jaxdiff.evaluators.super_resolution import sr_report
 from jaxdiff.tasks.base import progress_line, zeros_like_spec
 from jaxdiff.tasks.diffusion_task import DiffusionTask
-from jaxdiff.viz import grid
 
 
 def area_downsample(x, size: int):
@@ -125,21 +126,15 @@ class SuperResolutionTask(DiffusionTask):
 
     def _compare(self, state, source, num: int, steps, rng, out_dir: str) -> dict:
         """Super-resolve `num` held-out images; write low / bilinear / SR / high-res grids; PSNR (dB) of SR and
-        of bilinear; B2's full SR report when `jaxdiff.metrics.super_resolution` is available."""
+        of bilinear; the full SR report against interpolation (`jaxdiff.evaluators.super_resolution`)."""
         high = self._held_out(source, num)
         low = np.asarray(area_downsample(jnp.asarray(high), self.low_size))
         sr = np.asarray(jax.device_get(self.upscale(state.variables(ema=True), low, rng, num_steps=steps)))
         bilinear = np.asarray(jax.image.resize(low, high.shape, "bilinear"))
-        paths = {name: grid.save_grid(x, os.path.join(out_dir, f"{name}.png"), scale=2)
-                 for name, x in (("low_res", low), ("bilinear", bilinear), ("sr", sr), ("high_res", high))}
-        for i, s in enumerate(sr):
-            grid.save_grid(s[None], os.path.join(out_dir, "sr", f"sr_{i:03d}.png"), ncol=1)
+        paths = reporting.write_sr_grids(out_dir, {"low_res": low, "bilinear": bilinear, "sr": sr, "high_res": high},
+                                         sr)
         psnr = lambda x: float(10 * np.log10(1.0 / max(np.mean((to_unit(x) - to_unit(high)) ** 2), 1e-12)))
         report = {"psnr_sr": psnr(sr), "psnr_bilinear": psnr(bilinear), **{f"{k}_png": v for k, v in paths.items()}}
-        try:
-            from jaxdiff.metrics.super_resolution import sr_report
-        except ImportError:
-            return report
         report["sr_report"] = sr_report(to_unit(high), to_unit(low), {"sr_ddpm": to_unit(sr)}, out_dir)
         return report
 

@@ -10,7 +10,6 @@ import grain
 import jax
 import orbax.checkpoint as ocp
 
-import jaxdiff
 from jaxdiff.io import files
 
 
@@ -55,33 +54,13 @@ class Checkpointer:
         self.manager.close()
 
 
-def load_for_inference(workdir: str):
-    """(config, task, state) from a work directory's config.json and latest checkpoint, for sample/evaluate.
-
-    Raises InputError naming the work directory if it has no config or no checkpoint.
-    """
-    from jaxdiff import config as config_lib
-    from jaxdiff import tasks
-    from jaxdiff.errors import InputError
-    from jaxdiff.training import sharding as shd
-    from jaxdiff.training.state import TrainState, make_optimizer
-
-    config = config_lib.from_json_file(str(files.path(workdir) / "config.json"))
-    jaxdiff.set_cpu_fusion(config.get("xla_cpu_fusion"))
-    jaxdiff.enable_compilation_cache()  # the sampler / evaluation programs of an earlier run load from disk
-    task = tasks.build(config)
-    ckpt_dir = files.path(workdir) / "checkpoints"
-    if not ckpt_dir.is_dir():
-        raise InputError(f"{ckpt_dir}: no checkpoints (train first: python -m jaxdiff.train --workdir {workdir})")
-    mesh = shd.inference_mesh(config.get("mesh"))
-    tx = make_optimizer(config.train)
-    batch = task.example_batch(1)
-    abstract = jax.eval_shape(lambda r, b: TrainState.create(task.init(r, b), tx), jax.random.PRNGKey(0), batch)
-    shardings = shd.state_sharding(abstract, mesh)
-    abstract = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), abstract, shardings)
-    ckpt = Checkpointer(workdir, every=1, keep=10**6, async_save=False)
-    if ckpt.latest_step() is None:
-        raise InputError(f"{ckpt_dir}: no complete checkpoint")
-    state = ckpt.restore(abstract)
-    ckpt.close()
-    return config, task, state
+def __getattr__(name):
+    """`load_for_inference` moved to `jaxdiff.experiment` (the training package builds no task): the old name
+    forwards there, with a DeprecationWarning, for one release."""
+    if name == "load_for_inference":
+        import warnings
+        from jaxdiff import experiment
+        warnings.warn("jaxdiff.training.checkpoint.load_for_inference moved to jaxdiff.experiment.load_for_inference",
+                      DeprecationWarning, stacklevel=2)
+        return experiment.load_for_inference
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,6 +1,7 @@
 """The training loop behind `python -m jaxdiff.train`.
 
-Builds the task, mesh, data iterator and sharded state; resumes from the latest checkpoint; runs the compiled
+Handed the experiment's parts (task, mesh, optimiser, training batches, val source: `jaxdiff.experiment.build`),
+it creates the sharded state; resumes from the latest checkpoint; runs the compiled
 step with a progress bar; logs `metrics.jsonl` and TensorBoard events; checkpoints; stops cleanly on SIGTERM /
 SIGINT (finishing the current step and saving); and ends with the task's report (samples and a metric).
 """
@@ -15,19 +16,14 @@ import sys
 import time
 
 import jax
-import numpy as np
 from jax.experimental import multihost_utils
 from tqdm.auto import tqdm
 
-import jaxdiff
 from jaxdiff import config as config_lib
-from jaxdiff import data, tasks
-from jaxdiff.errors import InputError
 from jaxdiff.io import files
-from jaxdiff.tasks.base import quiet_progress
+from jaxdiff.progress import quiet_progress
 from jaxdiff.training import sharding as shd
 from jaxdiff.training.checkpoint import Checkpointer
-from jaxdiff.training.state import make_optimizer
 from jaxdiff.training.step import compile_train_step, init_state
 
 
@@ -42,6 +38,7 @@ def _summary_writer(logdir: str, **kwargs):
     finally:
         if block:
             del sys.modules["torch"]
+    files.register_tensorboard_filesystems()  # gs:// logdirs through epath
     return SummaryWriter(logdir, **kwargs)
 
 
@@ -60,9 +57,9 @@ class MetricLogger:
         self.tb = None
         if enabled:
             drop_rows_after(self.path, start)
-        if enabled and files.is_local(workdir):  # TensorBoard events for local work directories
+        if enabled:  # TensorBoard events (local folder or URL)
             logdir = os.path.join(workdir, "tensorboard")
-            earlier = os.path.isdir(logdir) and any(n.startswith("events.out.tfevents") for n in os.listdir(logdir))
+            earlier = any(n.startswith("events.out.tfevents") for n in files.listdir(logdir))
             self.tb = _summary_writer(logdir, purge_step=start + 1 if earlier else None,
                                       filename_suffix=f".from_step{start}")  # a resume in the same second: new file
 
@@ -148,32 +145,6 @@ class StopSignal:
             signal.signal(sig, handler)
 
 
-def _local_rows(mesh, global_bs: int) -> np.ndarray:
-    """Indices (ascending) of the global batch rows that this process's devices hold in the batch sharding."""
-    index_map = shd.batch_sharding(mesh).addressable_devices_indices_map((global_bs,))
-    return np.unique(np.concatenate([np.arange(global_bs)[idx[0]] for idx in index_map.values()]))
-
-
-def _data_iterator(config, split: str, mesh):
-    """Iterator of this process's rows of the global training batches (dicts of numpy arrays).
-
-    The global batch stream (shuffle order, augmentation draws) is a function of the config alone, so a run
-    gives the same results on 1 or N processes; process p reads only its rows p*L .. (p+1)*L - 1 of each
-    global batch (grain shards by batch), which are the rows its devices hold in the batch sharding.
-    """
-    source = data.get_source(config.data, split)
-    global_bs, n, p = int(config.train.batch_size), jax.process_count(), jax.process_index()
-    if global_bs % mesh.size:
-        raise InputError(f"config key train.batch_size: {global_bs} not divisible by the {mesh.size} devices")
-    local_bs = global_bs // n
-    if not np.array_equal(_local_rows(mesh, global_bs), np.arange(p * local_bs, (p + 1) * local_bs)):
-        raise InputError("config key mesh: this process's devices do not hold a contiguous block of the batch")
-    ds = data.make_dataset(source, local_bs, seed=int(config.seed), shuffle=True, shard_index=p, shard_count=n,
-                           worker_count=int(config.data.get("num_workers", 0)),
-                           transform=data.pipeline.train_transform(config.data))
-    return iter(ds)
-
-
 def _report_state(state):
     """The state for the end-of-run report, which runs on process 0 alone: with several processes its
     evaluation arrays are gathered into host memory (every process joins this collective), so the report's
@@ -192,15 +163,19 @@ def _num_scored(report: dict) -> int | None:
     return None
 
 
-def train(config, workdir: str, quiet: bool = False) -> dict:
-    """Train (or resume) the experiment `config` in `workdir`; returns the final report dict."""
-    jaxdiff.set_cpu_fusion(config.get("xla_cpu_fusion"))
-    jaxdiff.enable_compilation_cache()  # programs compiled by an earlier run (a resume, the same model) load from disk
-    data.check_data(config.data, quiet=quiet)  # every file of every split, before anything is compiled or written
-    task = tasks.build(config)
-    mesh = shd.make_mesh(config.get("mesh"))
-    train_iter = _data_iterator(config, "train", mesh)
-    val_source = data.get_source(config.data, "val")
+def train(config, workdir: str, *, task, mesh, optimizer, train_iter, val_source, quiet: bool = False) -> dict:
+    """Train (or resume) the experiment `config` in `workdir`; returns the final report dict.
+
+    Args:
+      config: the whole config (its `train` block, `seed` and `mesh.fsdp_min_size` are read; saved as config.json).
+      workdir: the work directory (local or cloud path), created after the first batch is read.
+      task: the task (`tasks.base.Task`): loss, example batch, `initial_state`, end-of-run `finalize`.
+      mesh: the ("data", "fsdp") mesh the step runs on.
+      optimizer: the optax optimiser.
+      train_iter: checkpointable iterator of this process's rows of the training batches.
+      val_source: the val split's source, for `task.finalize`.
+    `jaxdiff.experiment.build(config)` makes the five parts.
+    """
     tc = config.train
     steps = int(tc.steps)
     rng = jax.random.PRNGKey(int(config.seed))
@@ -208,14 +183,14 @@ def train(config, workdir: str, quiet: bool = False) -> dict:
 
     local_bs = int(tc.batch_size) // jax.process_count()
     example = shd.global_batch(task.example_batch(local_bs), mesh)
-    state, state_shardings = init_state(task, make_optimizer(tc), init_rng, example, mesh,
+    state, state_shardings = init_state(task, optimizer, init_rng, example, mesh,
                                         fsdp_min_size=int(config.get("mesh", {}).get("fsdp_min_size", 2 ** 14)))
     first = [] if files.path(workdir).exists() or steps < 1 else [next(train_iter)]  # bad data: no new work directory
     files.makedirs(workdir)
     ckpt = Checkpointer(workdir, every=int(tc.get("ckpt_every", 1000)), keep=int(tc.get("keep_checkpoints", 3)))
     if ckpt.latest_step() is not None:
         state = ckpt.restore(state, train_iter)
-    elif hasattr(task, "initial_state"):  # a fresh run may start from given weights (classification: train.init_from)
+    else:  # a fresh run may start from given weights (classification: train.init_from)
         state = task.initial_state(state)
     start = int(jax.device_get(state.step))
     # Read the first batch before writing anything: bad data must leave an existing work directory as it was.
@@ -228,9 +203,9 @@ def train(config, workdir: str, quiet: bool = False) -> dict:
     log_every, max_bad = int(tc.get("log_every", 50)), int(tc.get("max_bad_steps", 20))
     timing = {}
     # Multi-process runs agree on stopping at logging steps, at least every 10 steps.
-    with StopSignal(mesh, every=min(log_every, 10)) as stop, tqdm(total=steps, initial=start, disable=quiet or not is_main,
-                                    desc="compiling the train step" if start < steps else "train",
-                                    dynamic_ncols=True) as bar:
+    bar = tqdm(total=steps, initial=start, disable=quiet or not is_main, dynamic_ncols=True,
+               desc="compiling the train step" if start < steps else "train")
+    with StopSignal(mesh, every=min(log_every, 10)) as stop, bar:
         t_last, n_last = time.perf_counter(), start
         for step in range(start + 1, steps + 1):
             batch = shd.global_batch(next(batches), mesh)

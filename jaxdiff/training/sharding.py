@@ -10,24 +10,18 @@ import jax
 import numpy as np
 from jax.sharding import AxisType, NamedSharding, PartitionSpec as P
 
-import jaxdiff
 from jaxdiff.errors import InputError
 
 BATCH_AXES = ("data", "fsdp")
 
 
-def make_mesh(mesh_cfg=None) -> jax.sharding.Mesh:
-    """Mesh of all devices with axes ("data", "fsdp"); `mesh.data = -1` takes the devices `fsdp` leaves.
-
-    Except for CPU devices that `jaxdiff.set_cpu_devices` made for sampling (`python -m jaxdiff.train` on a CPU
-    does, one per core): with the default `mesh` config the train step then runs on the first of them, whose
-    operations use every core, and in-run sampling and evaluation split their batches over all of them
-    (`place_for_sampling`); an explicit `mesh.data` / `mesh.fsdp` still counts them all."""
-    devices = jax.devices()
+def make_mesh(mesh_cfg=None, devices=None) -> jax.sharding.Mesh:
+    """Mesh of `devices` (default `jax.devices()`) with axes ("data", "fsdp"); `mesh.data = -1` takes the devices
+    `fsdp` leaves. The command-line layer hands it the devices a run trains on (`jaxdiff.experiment.build`:
+    `jaxdiff.platform.train_devices`, which keeps the train step on one of the CPU devices made for sampling)."""
+    devices = list(jax.devices() if devices is None else devices)
     fsdp = int(mesh_cfg.get("fsdp", 1)) if mesh_cfg is not None else 1
     data = int(mesh_cfg.get("data", -1)) if mesh_cfg is not None else -1
-    if (data, fsdp) == (-1, 1) and sampling_only_cpu_devices():
-        devices = devices[:1]
     n = len(devices)
     if fsdp < 1 or n % fsdp:
         raise InputError(f"config key mesh.fsdp: {fsdp} does not divide the {n} devices")
@@ -37,16 +31,11 @@ def make_mesh(mesh_cfg=None) -> jax.sharding.Mesh:
     return jax.make_mesh((data, fsdp), ("data", "fsdp"), devices=devices, axis_types=(AxisType.Auto, AxisType.Auto))
 
 
-def sampling_only_cpu_devices() -> bool:
-    """True when this single process's devices are the CPU devices `jaxdiff.set_cpu_devices` made for sampling."""
-    return bool(jaxdiff.sampling_cpu_devices()) and jax.default_backend() == "cpu" and jax.process_count() == 1 \
-        and jax.device_count() == jaxdiff.sampling_cpu_devices()
-
-
 def inference_mesh(mesh_cfg=None) -> jax.sharding.Mesh:
     """The mesh a checkpoint is restored onto for sampling / evaluation: `make_mesh(mesh_cfg)`, except in a single
-    CPU process, where it is the first device alone. CPU devices are cores sharing one memory (`jaxdiff.sample`
-    makes one per core), so the state (parameters, EMA, optimiser moments) is kept once instead of once per core;
+    CPU process, where it is the first device alone. CPU devices are cores sharing one memory
+    (`jaxdiff.platform.set_cpu_devices` makes one per core), so the state (parameters, EMA, optimiser moments) is
+    kept once instead of once per core;
     sampling copies only the variables it uses to the devices it splits the batch over (`place_for_sampling`)."""
     if jax.default_backend() == "cpu" and jax.process_count() == 1:
         return jax.make_mesh((1, 1), BATCH_AXES, devices=jax.devices()[:1], axis_types=(AxisType.Auto,) * 2)

@@ -16,7 +16,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-import jaxdiff
+from jaxdiff.platform import run_once_compiled
 from jaxdiff.training import sharding as shd
 from jaxdiff.training.state import TrainState, learning_rate_schedule
 
@@ -101,7 +101,7 @@ def init_state(task, tx, rng, batch, mesh, fsdp_min_size: int = 2 ** 14):
 
     abstract = jax.eval_shape(init_fn, rng, batch)
     shardings = shd.state_sharding(abstract, mesh, min_size=fsdp_min_size)
-    state = jaxdiff.run_once_compiled(init_fn, rng, batch, out_shardings=shardings)
+    state = run_once_compiled(init_fn, rng, batch, out_shardings=shardings)
     return state, shardings
 
 

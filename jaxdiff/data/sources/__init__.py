@@ -104,7 +104,8 @@ def parse_modalities(modality, allowed: Sequence[str], key: str = "data.modality
 def normalise(volume: np.ndarray, method: str = "volume_max") -> np.ndarray:
     """Map a volume to [-1, 1] float32.
 
-    "volume_max": v / max(v) (the seed S0 recipe), then 2x - 1; assumes non-negative MR intensities.
+    "volume_max": v / max(v) (the transformer-UNet BraTS segmenter's recipe), then 2x - 1; assumes non-negative
+    MR intensities.
     "zscore": (v - mean) / std over non-zero (brain) voxels, clipped to +-3 std, divided by 3.
     """
     v = np.asarray(volume, dtype=np.float32)

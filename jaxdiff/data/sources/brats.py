@@ -21,12 +21,29 @@ from jaxdiff.io.nifti import load_nifti, nifti_shape
 
 MODALITIES = ("t1", "t1ce", "t2", "flair")
 
-CASE_SPLITS = ("random", "seed_s0")
-SEED_S0_CASES = (250, 73, 45)     # train, val, test of the 368 BraTS2020 training cases (seed S0)
-SEED_S0_SLICES = tuple(int(k) for k in np.rint(np.linspace(70, 100, 10)))     # 70, 73, 77, ..., 97, 100
+# data.split: "random" (by seed and fractions) or "brats_250_73_45", the case split of the original transformer-UNet
+# BraTS segmenter (UNet + SE blocks + transformer bottleneck, `models/transformer_unet.py`).
+CASE_SPLITS = ("random", "brats_250_73_45")
+SPLIT_250_73_45 = (250, 73, 45)   # train, val, test of the 368 BraTS2020 training cases in that split
+# data.slices="linspace_70_100_10": the 10 axial slices per case that segmenter trained on
+LINSPACE_70_100_10 = tuple(int(k) for k in np.rint(np.linspace(70, 100, 10)))     # 70, 73, 77, ..., 97, 100
+SLICE_RECIPES = {"linspace_70_100_10": LINSPACE_70_100_10}
 
-__all__ = ["CASE_SPLITS", "MODALITIES", "SEED_S0_CASES", "SEED_S0_SLICES", "BratsSlices", "case_file", "case_parts",
-           "list_cases", "load_case", "seed_s0_split", "split_cases"]
+# Names of earlier versions, still importable (with a FutureWarning).
+_RENAMED = {"SEED_S0_CASES": "SPLIT_250_73_45", "SEED_S0_SLICES": "LINSPACE_70_100_10",
+            "seed_s0_split": "split_250_73_45"}
+
+__all__ = ["CASE_SPLITS", "LINSPACE_70_100_10", "MODALITIES", "SLICE_RECIPES", "SPLIT_250_73_45", "BratsSlices",
+           "case_file", "case_parts", "list_cases", "load_case", "split_250_73_45", "split_cases"]
+
+
+def __getattr__(name):
+    if name in _RENAMED:
+        import warnings
+        warnings.warn(f"jaxdiff.data.sources.brats.{name} is the old name of {_RENAMED[name]}", FutureWarning,
+                      stacklevel=2)
+        return globals()[_RENAMED[name]]
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def list_cases(root: str) -> list[str]:
@@ -39,13 +56,14 @@ def list_cases(root: str) -> list[str]:
     return cases
 
 
-def seed_s0_split(cases) -> dict:
-    """The seed S0 case split: sklearn `train_test_split(cases, test_size=118, random_state=42)`, then the 118
-    held-out cases `train_test_split(held, test_size=45, random_state=42)` into val (73) and test (45).
+def split_250_73_45(cases) -> dict:
+    """The case split of the original transformer-UNet BraTS segmenter: sklearn `train_test_split(cases,
+    test_size=118, random_state=42)`, then the 118 held-out cases `train_test_split(held, test_size=45,
+    random_state=42)` into val (73) and test (45).
 
     On the 368 BraTS2020 training cases this gives train 250 / val 73 / test 45. With another number n of
     cases the held-out and test counts are scaled by the same fractions, round(n * 118 / 368) and
-    round(held * 45 / 118) (each split keeps at least one case), so the seed's exact cases are only
+    round(held * 45 / 118) (each split keeps at least one case), so the original's exact cases are only
     reproduced on the full 368-case folder (listed in sorted order, as `list_cases` does).
 
     Args:
@@ -57,8 +75,8 @@ def seed_s0_split(cases) -> dict:
     cases = list(cases)
     n = len(cases)
     if n < 3:
-        raise InputError(f"config key data.split: 'seed_s0' needs at least 3 cases, got {n}")
-    n_train, n_val, n_test = SEED_S0_CASES
+        raise InputError(f"config key data.split: 'brats_250_73_45' needs at least 3 cases, got {n}")
+    n_train, n_val, n_test = SPLIT_250_73_45
     n_held = min(max(round(n * (n_val + n_test) / (n_train + n_val + n_test)), 2), n - 1)
     n_held_test = min(max(round(n_held * n_test / (n_val + n_test)), 1), n_held - 1)
     train, held = train_test_split(cases, test_size=n_held, random_state=42)
@@ -70,9 +88,11 @@ def seed_s0_split(cases) -> dict:
 
 def case_parts(cases, case_split: str = "random", seed: int = 42, fractions=DEFAULT_FRACTIONS) -> dict:
     """{"train", "val", "test": case names} of `cases` (all the case folders, sorted) under `case_split`."""
+    from jaxdiff.config_defaults import renamed_value
+    case_split = renamed_value("data.split", case_split)
     if case_split not in CASE_SPLITS:
         raise InputError(f"config key data.split: {case_split!r} is not one of {', '.join(CASE_SPLITS)}")
-    return seed_s0_split(cases) if case_split == "seed_s0" else split_cases(cases, seed, fractions)
+    return split_250_73_45(cases) if case_split == "brats_250_73_45" else split_cases(cases, seed, fractions)
 
 
 def case_file(root: str, case: str, name: str) -> str:
@@ -140,13 +160,13 @@ class BratsSlices:
       split: "train", "val" or "test", a deterministic case-level split chosen by `case_split`.
       modalities: names among t1, t1ce, t2, flair (or a "t1,t2" string).
       image_size: output side S (slices are padded to a square and zoomed; 240 keeps BraTS' native size).
-      slice_indices: axial indices k per case (rounded to ints); "seed_s0" is the seed S0 recipe
-        `SEED_S0_SLICES` = linspace(70, 100, 10) rounded; None takes every slice of the first case's depth
-        (read from its header).
-      normalise: "volume_max" (the seed S0 recipe) or "zscore", per volume and modality (see
+      slice_indices: axial indices k per case (rounded to ints); "linspace_70_100_10" is
+        `LINSPACE_70_100_10` = linspace(70, 100, 10) rounded (the transformer-UNet segmenter's slices); None
+        takes every slice of the first case's depth (read from its header).
+      normalise: "volume_max" (the transformer-UNet segmenter's) or "zscore", per volume and modality (see
         `sources.normalise`).
-      case_split: "random" (`split_cases(cases, seed, fractions)`) or "seed_s0" (`seed_s0_split(cases)`;
-        `seed` and `fractions` are then unused).
+      case_split: "random" (`split_cases(cases, seed, fractions)`) or "brats_250_73_45"
+        (`split_250_73_45(cases)`; `seed` and `fractions` are then unused).
       exclude: case folder names to leave out (`data.exclude_cases`); removed after the split, so the other
         cases stay in their splits.
       regions: `data.regions`: None (whole tumour), "brats" or "brats2023" (`sources.REGION_SETS`).
@@ -167,9 +187,12 @@ class BratsSlices:
                              + (f" (data.exclude_cases leaves out {len(excluded)})" if excluded else ""))
         self.case_ids = {c: i for i, c in enumerate(all_cases)}
         if isinstance(slice_indices, str):
-            if slice_indices != "seed_s0":
-                raise InputError(f"config key data.slices: {slice_indices!r} is not 'seed_s0' or a list of indices")
-            slice_indices = SEED_S0_SLICES
+            from jaxdiff.config_defaults import renamed_value
+            name = renamed_value("data.slices", slice_indices)
+            if name not in SLICE_RECIPES:
+                raise InputError(f"config key data.slices: {slice_indices!r} is not "
+                                 f"{' or '.join(map(repr, SLICE_RECIPES))} or a list of indices")
+            slice_indices = SLICE_RECIPES[name]
         if slice_indices is None:
             first = case_file(self.root, self.cases[0], self.modalities[0])
             slice_indices = range(nifti_shape(first)[2])

@@ -1,5 +1,5 @@
 """Class-per-folder 2D images, e.g. the Kaggle "brain MRI images for brain tumor detection" layout
-`root/yes/*.jpg`, `root/no/*.jpg` (seed S4): mixed sizes, RGB or grey, JPEG or PNG.
+`root/yes/*.jpg`, `root/no/*.jpg`: mixed sizes, RGB or grey, JPEG or PNG.
 
 Classes are the sub-folders of `root`, sorted by name, labelled 0, 1, ... (so the yes/no layout gives
 "no" = 0 and "yes" = 1). Image files are those with an image extension directly in a class folder; each is

@@ -23,18 +23,33 @@ from jaxdiff.data.sources import DEFAULT_FRACTIONS, SPLITS, _resize_stack, check
 from jaxdiff.errors import InputError
 
 CHANNELS = ("pre_contrast", "flair", "post_contrast")
-SPLIT_MODES = ("random", "seed_s1")
+# data.split: "random" (patient-level) or "lgg_3536_393", the slice-level split of the MedSegDiff notebook that
+# trained on kaggle_3m (`configs/medsegdiff_lgg.py`)
+SPLIT_MODES = ("random", "lgg_3536_393")
 PATIENT_PREFIX = "TCGA_"
 MASK_SUFFIX = "_mask"
-SEED_S1_TEST_SIZE = 0.1          # sklearn train_test_split(test_size=0.1, stratify=has_tumour, random_state=42)
-SEED_S1_RANDOM_STATE = 42
-SEED_S1_SIZES = (3536, 393)      # train, test of the 3,929 kaggle_3m slices
+SLICE_SPLIT_TEST_SIZE = 0.1      # sklearn train_test_split(test_size=0.1, stratify=has_tumour, random_state=42)
+SLICE_SPLIT_RANDOM_STATE = 42
+SPLIT_3536_393 = (3536, 393)     # train, test of the 3,929 kaggle_3m slices
 
 _TIFF_EXTENSIONS = (".tif", ".tiff")
 _READ_ERRORS = (OSError, ValueError, KeyError, IndexError, RuntimeError, struct.error)
 
-__all__ = ["CHANNELS", "SEED_S1_SIZES", "SPLIT_MODES", "LggSlices", "SliceFiles", "list_slices", "load_slice",
-           "patient_split", "read_image", "read_mask", "seed_s1_split"]
+# Names of earlier versions, still importable (with a FutureWarning).
+_RENAMED = {"SEED_S1_SIZES": "SPLIT_3536_393", "SEED_S1_TEST_SIZE": "SLICE_SPLIT_TEST_SIZE",
+            "SEED_S1_RANDOM_STATE": "SLICE_SPLIT_RANDOM_STATE", "seed_s1_split": "split_3536_393"}
+
+__all__ = ["CHANNELS", "SPLIT_3536_393", "SPLIT_MODES", "LggSlices", "SliceFiles", "list_slices", "load_slice",
+           "patient_split", "read_image", "read_mask", "split_3536_393"]
+
+
+def __getattr__(name):
+    if name in _RENAMED:
+        import warnings
+        warnings.warn(f"jaxdiff.data.sources.lgg.{name} is the old name of {_RENAMED[name]}", FutureWarning,
+                      stacklevel=2)
+        return globals()[_RENAMED[name]]
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 class SliceFiles(NamedTuple):
@@ -153,27 +168,29 @@ def patient_split(patients: Sequence[str], seed: int = 42, fractions: Sequence[f
     return {name: np.flatnonzero(np.isin(patients, np.asarray(parts[name], dtype=object))) for name in SPLITS}
 
 
-def seed_s1_split(has_tumour: Sequence[bool], stratified: bool = True) -> dict:
-    """The seed S1 slice-level split: sklearn `train_test_split(slices, test_size=0.1, stratify=has_tumour,
-    random_state=42)`; validation is the test split (the seed had no other).
+def split_3536_393(has_tumour: Sequence[bool], stratified: bool = True) -> dict:
+    """The slice-level split of the MedSegDiff notebook trained on kaggle_3m: sklearn `train_test_split(slices,
+    test_size=0.1, stratify=has_tumour, random_state=42)`; validation is the test split (the notebook had no
+    other).
 
     On the 3,929 kaggle_3m slices this gives 3,536 train / 393 test. Which slices land where depends only on N,
-    the labels and their order, so the seed's exact split needs the seed's slice order (it globbed the folder;
+    the labels and their order, so the notebook's exact split needs its slice order (it globbed the folder;
     `list_slices` sorts). Slices of one patient fall on both sides.
 
     Args:
       has_tumour: per slice, whether its mask has a foreground pixel (N booleans).
-      stratified: stratify on `has_tumour` (the seed); False draws the same sizes without stratification.
+      stratified: stratify on `has_tumour` (as the notebook did); False draws the same sizes without
+        stratification.
     Returns:
       {"train", "val", "test": sorted int arrays of slice indices}; "val" equals "test".
     """
     from sklearn.model_selection import train_test_split      # a dependency of nilearn
     labels = np.asarray(list(has_tumour), dtype=bool)
     try:
-        train, test = train_test_split(np.arange(labels.size), test_size=SEED_S1_TEST_SIZE,
-                                       random_state=SEED_S1_RANDOM_STATE, stratify=labels if stratified else None)
+        train, test = train_test_split(np.arange(labels.size), test_size=SLICE_SPLIT_TEST_SIZE,
+                                       random_state=SLICE_SPLIT_RANDOM_STATE, stratify=labels if stratified else None)
     except ValueError as e:
-        raise InputError(f"config key data.split: 'seed_s1' cannot split {labels.size} slices ({e})") from None
+        raise InputError(f"config key data.split: 'lgg_3536_393' cannot split {labels.size} slices ({e})") from None
     test = np.sort(test)
     return {"train": np.sort(train), "val": test, "test": test}
 
@@ -192,13 +209,14 @@ class LggSlices:
     Args:
       root: the kaggle_3m folder.
       split: "train", "val" or "test".
-      image_size: output side S (256 keeps the native size; the seed used 32).
-      seed, fractions: the patient-level split (`patient_split`); unused with split_mode "seed_s1".
-      split_mode: "random", a patient-level split (no patient in two splits), or "seed_s1", the seed's
-        slice-level split stratified on has-tumour (`seed_s1_split`; reads every mask once when built).
-      stratified: with "seed_s1", stratify on has-tumour as the seed did.
+      image_size: output side S (256 keeps the native size; the MedSegDiff notebook used 32).
+      seed, fractions: the patient-level split (`patient_split`); unused with split_mode "lgg_3536_393".
+      split_mode: "random", a patient-level split (no patient in two splits), or "lgg_3536_393", the MedSegDiff
+        notebook's slice-level split stratified on has-tumour (`split_3536_393`; reads every mask once when
+        built).
+      stratified: with "lgg_3536_393", stratify on has-tumour as the notebook did.
       exclude: slice names `<patient>/<stem>` to leave out (`data.exclude_cases`), removed after the split (with
-        "seed_s1" an excluded slice's mask is not read and counts as no tumour in the stratification).
+        "lgg_3536_393" an excluded slice's mask is not read and counts as no tumour in the stratification).
     """
 
     modalities = CHANNELS
@@ -207,6 +225,8 @@ class LggSlices:
                  fractions=DEFAULT_FRACTIONS, split_mode: str = "random", stratified: bool = True, exclude=()):
         self.root = os.fspath(root)
         check_split(split)
+        from jaxdiff.config_defaults import renamed_value
+        split_mode = renamed_value("data.split", split_mode)
         if split_mode not in SPLIT_MODES:
             raise InputError(f"config key data.split: {split_mode!r} is not one of {', '.join(SPLIT_MODES)}")
         if int(image_size) < 1:
@@ -214,9 +234,9 @@ class LggSlices:
         slices = list_slices(self.root)
         patients = [s.patient for s in slices]
         excluded = set(exclude)
-        if split_mode == "seed_s1":
-            parts = seed_s1_split(_has_tumour(tuple(None if s.name in excluded else s.mask for s in slices)),
-                                  stratified)
+        if split_mode == "lgg_3536_393":
+            parts = split_3536_393(_has_tumour(tuple(None if s.name in excluded else s.mask for s in slices)),
+                                   stratified)
         else:
             parts = patient_split(patients, seed, fractions)
         self.slices = [slices[i] for i in parts[split] if slices[i].name not in excluded]

@@ -3,7 +3,7 @@
 This is the layout `python -m jaxdiff.sam --input-dir D --output-dir O` writes (SAM pseudo-masks), so a
 segmenter can train on it: `--config.data.source=mask_folder --config.data.root=O`. Examples are
 {"image": (S, S, C) float32 in [-1, 1], "mask": (S, S, 1) float32 in {0, 1}, "case": int32 (position in the
-sorted list of names)}: both are resized to S x S (no aspect-preserving padding, as the seed's cv2.resize),
+sorted list of names)}: both are resized to S x S (no aspect-preserving padding, as the original toolkit's cv2.resize),
 bilinear for the image and bilinear-then-threshold-0.5 for the mask. The split is image-level, deterministic
 (`sources.split_cases` with data.seed and data.fractions). An image without its mask raises InputError naming
 the missing mask file.

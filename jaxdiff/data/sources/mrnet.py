@@ -1,4 +1,5 @@
-"""Stanford MRNet knee MRI (Bien et al. 2018), as seed S3 uses it: central slices of one plane per exam.
+"""Stanford MRNet knee MRI (Bien et al. 2018), as the cascaded super-resolution DDPM with a Swin bottleneck uses
+it: central slices of one plane per exam.
 
 On-disk layout (as distributed):
     ROOT/{train,valid}/{coronal,axial,sagittal}/NNNN.npy   (slices, 256, 256) per exam
@@ -8,7 +9,7 @@ Split: "train" = every exam of `train/`; MRNet's test set is not public, so `val
 
 Example: {"image": (S, S, 1) float32 in [-1, 1], "label": int32 (data.label CSV; -1 with data.label ""),
 "exam": int32}. Each exam gives `slices_per_exam` (5) central slices of `plane` (coronal), scaled per exam
-to [0, 1] by its min and max (seed S3), then to [-1, 1] like every jaxdiff image source, and resized to
+to [0, 1] by its min and max (as that cascade did), then to [-1, 1] like every jaxdiff image source, and resized to
 data.image_size (antialiased linear zoom). Headers are checked when the source is built (a bad or too thin
 file raises InputError naming it); pixels are read on first use and cached per exam.
 """

@@ -1,4 +1,4 @@
-"""Pluggable image features for FID / KID / Inception Score and an LPIPS-style perceptual distance.
+"""Image feature extractors (networks) for FID / KID / Inception Score and an LPIPS-style perceptual distance.
 
 `get_extractor(name, weights=None)` returns an `Extractor`: `extractor(images)` maps (N, H, W, C) images in
 [-1, 1] (C = 1 or 3; grey is repeated to RGB) to (N, F) features, `extractor.outputs(images)` also gives the
@@ -14,7 +14,9 @@ feature maps the perceptual distance uses, and `extractor.description` the line 
   logits; images are resized to 299 (bilinear) inside, as pytorch-fid does.
 
 Networks run jitted on fixed-size batches (the last one padded), so a data set costs one compile; the jitted
-functions are module-level, so extractors made again (e.g. per report) reuse the compiled code.
+functions are module-level, so extractors made again (e.g. per report) reuse the compiled code. The distances
+on the features (FID, KID, Inception Score, the layer distance `lpips_from_layers`) are plain functions in
+`jaxdiff.metrics.distribution`.
 """
 from __future__ import annotations
 
@@ -29,6 +31,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxdiff.errors import InputError
+from jaxdiff.metrics.distribution import lpips_from_layers
 from jaxdiff.models import inception
 
 IN_PROJECT_DESCRIPTION = "features: in-project random encoder (not Inception; not comparable to published FID)"
@@ -168,18 +171,6 @@ def get_extractor(name: str = "in_project", weights=None, *, batch_size: int = 5
     if name == "inception":
         return _inception(weights, batch_size, resize_to)
     raise InputError(f"feature extractor {name!r} unknown; known: 'in_project', 'inception'")
-
-
-def _unit(m, eps: float = 1e-10):
-    """Feature maps divided by their L2 norm over channels (LPIPS's normalize_tensor)."""
-    return m / (jnp.sqrt(jnp.sum(m * m, axis=-1, keepdims=True)) + eps)
-
-
-@jax.jit
-def lpips_from_layers(maps_a, maps_b):
-    """(B,) mean over layers of the spatial mean of sum_c (unit(a) - unit(b))^2; each term in [0, 4]."""
-    per_layer = [jnp.mean(jnp.sum((_unit(a) - _unit(b)) ** 2, axis=-1), axis=(1, 2)) for a, b in zip(maps_a, maps_b)]
-    return jnp.mean(jnp.stack(per_layer), axis=0)
 
 
 def perceptual_distance(a, b, extractor=None, batch_size: int = 16) -> np.ndarray:
