@@ -1,7 +1,7 @@
 """Segment (or classify) your own scans with a trained work directory: the Python side of `jaxdiff.predict`.
 
     from jaxdiff import inference
-    predictor = inference.load_run("runs/s0")                # config, task and EMA variables of the latest step
+    predictor = inference.load_run("runs/transformer_unet_tiny")   # config, task, EMA variables of the latest step
     out = predictor.segment("case_t2.nii.gz")                # {"mask": Nifti1Image uint8, "uncertainty": ... | None}
     mask = predictor.segment_volume(nib.load("case_t2.nii.gz"))   # the label volume alone
     masks = predictor.segment_images(images)                 # (N, S, S, C) in [-1, 1] -> {"mask", "prob", ...}

@@ -142,7 +142,8 @@ def centre_point(image01: np.ndarray) -> np.ndarray:
 
 
 def brightest_cluster_point(image01: np.ndarray, k: int = 10, grid: int = 64, seed: int = 0) -> np.ndarray:
-    """Seed S4's prompt: k-means (jaxdiff.preprocess.kmeans) of the grey intensities of a grid x grid copy,
+    """The brain-tumour toolkit's prompt: k-means (jaxdiff.preprocess.kmeans) of the grey intensities of a
+    grid x grid copy,
     clusters sorted by intensity; the brightest cluster's pixel nearest its centre of mass, as (x, y) in
     original pixels, (2,)."""
     h, w = image01.shape[:2]

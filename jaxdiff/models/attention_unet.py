@@ -1,4 +1,4 @@
-"""Seed S3's AttentionUNet denoiser: the base 64x64 generator and the super-resolution UNet in one module.
+"""The cascade's AttentionUNet denoiser: the base 64x64 generator and the super-resolution UNet in one module.
 
 Layout (channels-last, 2D):
   input  [x_t, (bilinear upsample of cond["low_res"] to x_t's size), tiled sinusoid(t, emb_dim),
@@ -12,7 +12,7 @@ Layout (channels-last, 2D):
 Base generator (seed): channels (64, 128, 256), bottleneck 512 at 8x8, sagan, gates, Swin dim 512 / 8 heads /
 window 4 / depth 1. SR UNets: the same without sagan and gates, `low_res=True` (and optionally `aug_level=True`
 for noise-conditioning augmentation), Swin at 16x16 (SR1) or 32x32 (SR2).
-Decisions where the seed is silent: the skip is taken after the SAGAN block; the attention gate (Oktay et al.)
+Decisions where the original code is silent: the skip is taken after the SAGAN block; the attention gate (Oktay et al.)
 has 1x1 convs with bias and C/2 intermediate channels, no norm; the time embedding has no learned layer.
 """
 from __future__ import annotations
@@ -85,7 +85,7 @@ def upsample_bilinear(low, size: tuple):
 
 @register("attention_unet")
 class AttentionUNet(nn.Module):
-    """Seed S3's AttentionUNet denoiser (see module docstring).
+    """The cascade's AttentionUNet denoiser (see module docstring).
 
     Attributes:
       out_channels: predicted channels (the image channels).

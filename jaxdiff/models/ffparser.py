@@ -32,7 +32,7 @@ class FFParser(nn.Module):
     """Learnable Fourier-space filter over the spatial axes.
 
     Attributes:
-      faithful: False -> paper/official complex rfft2 weight (H, W//2+1, C); True -> the seed's real
+      faithful: False -> paper/official complex rfft2 weight (H, W//2+1, C); True -> the original notebook's real
         fft2 weight (C, H, W).
     Call: x (B, H, W, C) -> (B, H, W, C) in x's dtype.
     """

@@ -1,4 +1,5 @@
-"""The denoiser of the keras.io example "Denoising Diffusion Implicit Models" (A. Beres, 2022), seed S4's generator.
+"""The denoiser of the keras.io example "Denoising Diffusion Implicit Models" (A. Beres, 2022),
+the brain-tumour toolkit's generator.
 
 A residual U-Net without attention: the noise variance is embedded once (32 sinusoids of log-spaced frequencies
 1 .. 1000 cycles), broadcast over the image (the example's nearest upsampling of a 1x1 map) and concatenated to

@@ -14,18 +14,18 @@ Bottleneck: ResnetBlock on each stream, summed -> transformer (attention + feed-
 -> ResnetBlock. Decoder mirrors the encoder with skip concatenation, nearest x2 + 3x3 conv. Output:
 concatenate the mask stem features -> ResnetBlock -> 1x1 conv to `mask_channels`.
 
-The seed (SPECS S1, a notebook on this code) is
+The original notebook (MedSegDiff on LGG, built on this code) is
 `dict(name="medsegdiff", image_size=32, num_layers=2, first_conv_channels=16, time_embedding_dim=128,
 image_channels=3, mask_channels=1, faithful_ffparser=True)`: levels [16, 16, 32], 405,041 parameters
 (406,577 with the paper's complex FF-Parser). The paper scale is image_size=256, first_conv_channels=128,
 num_layers=6, channel_mults=(1, 1, 2, 2, 4, 4), num_res_blocks=2, attention_resolutions=(16,),
 time_embedding_dim=512.
 
-Faithful flags reproduce the seed where it differs from the paper (defaults are the paper's):
-- faithful_time_embedding: the seed embeds t as t * [sin f, cos f] with lucidrains' frequencies
+Faithful flags reproduce the original notebook where it differs from the paper (defaults are the paper's):
+- faithful_time_embedding: the notebook embeds t as t * [sin f, cos f] with lucidrains' frequencies
   f_i = 10000^(-i / (half - 1)); the default is [sin(t f), cos(t f)] (`layers.timestep_embedding`).
-- faithful_fusion: the seed fuses LN(m_x) * LN(m_I) * LN(m_I); the paper (eq. 3) (LN(m_I) * LN(m_x)) * m_I.
-- faithful_ffparser: the seed's real (C, H, W) fft2 weight instead of the complex rfft2 weight.
+- faithful_fusion: the notebook fuses LN(m_x) * LN(m_I) * LN(m_I); the paper (eq. 3) (LN(m_I) * LN(m_x)) * m_I.
+- faithful_ffparser: the notebook's real (C, H, W) fft2 weight instead of the complex rfft2 weight.
 """
 from __future__ import annotations
 
@@ -53,7 +53,7 @@ def _layer_norm(bias: bool, name: Optional[str] = None):
 
 
 def seed_time_embedding(t, dim: int):
-    """The seed's (buggy) sinusoidal embedding: t * [sin f, cos f], f_i = 10000^(-i / (dim/2 - 1)).
+    """The notebook's (buggy) sinusoidal embedding: t * [sin f, cos f], f_i = 10000^(-i / (dim/2 - 1)).
 
     Args: t (B,) timesteps; dim even embedding width (>= 4). Returns (B, dim) float32.
     """
@@ -231,10 +231,10 @@ class MedSegDiff(nn.Module):
       time_embedding_dim: width T of the time MLP (sinusoid -> Dense T -> GELU -> Dense T).
       num_res_blocks: ResnetBlocks (and skips) per level and stream.
       attention_resolutions: resolutions with full softmax attention; other levels use linear attention.
-      attention_heads, attention_head_dim: attention shape everywhere (4 x 32 in the seed).
+      attention_heads, attention_head_dim: attention shape everywhere (4 x 32 in the notebook).
       transformer_depth: attention + feed-forward layers at the bottleneck.
       resnet_groups: GroupNorm groups. dropout: rate inside each time-conditioned ResnetBlock.
-      faithful_time_embedding, faithful_fusion, faithful_ffparser: reproduce the seed (module docstring).
+      faithful_time_embedding, faithful_fusion, faithful_ffparser: reproduce the notebook (module docstring).
     """
     image_size: int = 32
     image_channels: int = 3

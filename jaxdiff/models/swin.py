@@ -1,10 +1,11 @@
-"""Swin transformer blocks (Liu et al. 2021) on channels-last 2D feature maps, as in seed S3's bottleneck.
+"""Swin transformer blocks (Liu et al. 2021) on channels-last 2D feature maps, as in the cascaded
+super-resolution DDPM's bottleneck.
 
 A block is pre-LN: x + WindowAttention(LN(x)) then x + MLP(LN(x)) (GELU, hidden = mlp_ratio * dim), attention
 inside non-overlapping `window` x `window` windows with a learned relative position bias ((2w - 1)^2 entries
 per head). Shifted windows (a cyclic roll by window // 2 with the usual attention mask) let windows talk.
 
-`faithful=True` reproduces seed S3's original block: no shift, and the feature map is reshaped as in PyTorch
+`faithful=True` reproduces the original cascade's block: no shift, and the feature map is reshaped as in PyTorch
 when an NCHW tensor is `.view`-ed as NHWC, so "tokens" mix channels and positions (`scramble`); the output is
 reshaped back the same way.
 """
@@ -137,7 +138,8 @@ def block_shift(i: int, depth: int, window: int, faithful: bool) -> int:
 class SwinStage(nn.Module):
     """`depth` Swin blocks (see `block_shift`) on a channels-last map.
 
-    Attributes: depth, heads, window, mlp_ratio, faithful (seed S3's shift-0 block on an NCHW-as-NHWC view).
+    Attributes: depth, heads, window, mlp_ratio, faithful (the original cascade's shift-0 block on an NCHW-as-NHWC
+    view).
     Call: x (B, H, W, C) -> (B, H, W, C); C divisible by heads; H, W multiples of window (or <= window).
     """
     depth: int = 1

@@ -1,12 +1,14 @@
-"""Seed S0: UNet with squeeze-excitation conv blocks and a transformer bottleneck, plus its error-map VAE.
+"""The BraTS UNet-transformer: UNet with squeeze-excitation conv blocks and a transformer bottleneck, plus its
+error-map VAE.
 
-`TransformerUNet` is the binary tumour segmenter of SPECS S0 (49,455,873 parameters at the default widths):
+`TransformerUNet` is the binary tumour segmenter of the original BraTS 2020 code (49,455,873 parameters at the
+default widths):
 five residual SE conv blocks with 2x2 max-pooling (240 -> 15), the 15x15 map as 225 tokens through two
 pre-norm transformer encoder layers, and a transposed-conv decoder with skip connections to one logit per
 pixel. PyTorch semantics are kept where they change numbers: BatchNorm momentum 0.1 / eps 1e-5, LayerNorm
 eps 1e-5, exact (erf) GELU, Dropout2d dropping whole channels, attention-weight dropout.
 
-`ErrorVAE` reconstructs the error map |logits - mask| (the seed's "VAE error map" head).
+`ErrorVAE` reconstructs the error map |logits - mask| (the original's "VAE error map" head).
 All tensors are channels-last (B, H, W, C).
 """
 from __future__ import annotations
@@ -96,7 +98,7 @@ def sincos_2d(h: int, w: int, dim: int):
 
 
 def batch_indexed_pe(batch: int, dim: int):
-    """The seed's positional encoding bug: row b of the 1-D interleaved sin/cos table for sample b.
+    """The original's positional encoding bug: row b of the 1-D interleaved sin/cos table for sample b.
 
     The PyTorch code adds `pe[:x.size(0)]` (shape (B, 1, D)) to batch-first tokens, so every token of sample
     b gets the same vector and tokens carry no position. Returns (B, 1, dim) float32 with
@@ -129,7 +131,7 @@ class TransformerBottleneck(nn.Module):
 
     Input/output (B, h, w, D), tokens in row-major order; no final LayerNorm. The encoding has no
     parameters: the 2-D sin-cos encoding of the h x w grid (D a multiple of 4), or with `faithful_pe` the
-    seed's batch-indexed 1-D table (`batch_indexed_pe`), which gives tokens no position.
+    original's batch-indexed 1-D table (`batch_indexed_pe`), which gives tokens no position.
     """
 
     num_layers: int = 2
@@ -151,7 +153,7 @@ class TransformerBottleneck(nn.Module):
 
 @register("transformer_unet")
 class TransformerUNet(nn.Module):
-    """Seed S0 segmenter: SE-residual UNet with a transformer bottleneck, one logit per pixel.
+    """The BraTS UNet-transformer segmenter: SE-residual UNet with a transformer bottleneck, one logit per pixel.
 
     Submodules enc1..enc{L}, bottleneck (layer1..layer{num_layers}), up1..up{L-1} (up1 is the deepest), final.
     Attributes:
@@ -161,7 +163,7 @@ class TransformerUNet(nn.Module):
       num_layers, num_heads, ff_dim, dropout: transformer encoder (pre-norm, GELU, no final norm).
       channel_dropout: Dropout2d rate inside each ConvBlock.
       se_reduction: squeeze-excitation reduction ratio.
-      faithful_pe: reproduce the seed's batch-indexed encoding (no token positions) instead of the 2-D
+      faithful_pe: reproduce the original's batch-indexed encoding (no token positions) instead of the 2-D
         sin-cos encoding of the token grid.
       out_channels: output logits per pixel.
     """
@@ -199,9 +201,9 @@ class TransformerUNet(nn.Module):
 
 @register("vae_error_head")
 class ErrorVAE(nn.Module):
-    """Small convolutional VAE reconstructing the error map |logits - mask| of the S0 segmenter.
+    """Small convolutional VAE reconstructing the error map |logits - mask| of the segmenter.
 
-    A stand-in: the seed's VAE code was not available, only its use (SPECS S0: loss = BCE + 0.5 * MSE of the
+    A stand-in: the original's VAE code was not available, only its use ( loss = BCE + 0.5 * MSE of the
     reconstruction, no KL term). Encoder: 3x3 stride-2 convs with ReLU through `features`; 1x1 convs give
     mu and logvar with `latent_channels`; z = mu + exp(logvar / 2) * eps with eps from rng "sample" when
     training, z = mu otherwise; decoder mirrors with 2x2 stride-2 transposed convs and ReLU, then a linear

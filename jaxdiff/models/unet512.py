@@ -1,4 +1,4 @@
-"""Seed S4's U-Net segmenter (512x512 input, 2-class softmax output), Keras-style.
+"""The brain-tumour toolkit's U-Net segmenter (512x512 input, 2-class softmax output), Keras-style.
 
 Encoder: one Conv-BN-ReLU x2 block per width followed by 2x2 max pooling (widths 64, 128, 256, 512); bridge:
 the same block at 1024; decoder: per encoder level, from the deepest, a 2x2 stride-2 transposed convolution to
@@ -37,7 +37,7 @@ class ConvBNReLU2(nn.Module):
 
 @register("unet512")
 class UNet512(nn.Module):
-    """U-Net segmenter of seed S4.
+    """U-Net segmenter of the brain-tumour toolkit.
 
     Attributes:
       widths: encoder widths followed by the bridge width (seed: 64, 128, 256, 512, 1024); the input side must

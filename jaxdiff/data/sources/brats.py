@@ -134,7 +134,8 @@ def load_case(root: str, case: str, modalities: tuple) -> dict:
 @functools.lru_cache(maxsize=512)
 def _slice_stack(root, case, modalities, slices, image_size, method, regions=None):
     """(images (N, S, S, C), masks (N, S, S, K)) of one case's axial `slices` (K: see `axial_slices`); cached
-    per case (512 cases: with the S0 recipe, 10 slices of 240 x 240, about 2.3 MB per case and modality). With
+    per case (512 cases: with the linspace_70_100_10 recipe, 10 slices of 240 x 240, about 2.3 MB per case and
+    modality). With
     `regions`, a seg label that no region contains raises an InputError naming the seg file."""
     data = load_case(root, case, modalities)
     depth = data["seg"].shape[2]

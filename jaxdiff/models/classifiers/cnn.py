@@ -1,5 +1,5 @@
-"""The seed S4's "custom CNN" baseline. The seed names it but gives no layers, so this is a small documented
-design: `len(widths)` blocks of [3x3 conv (no bias) -> BatchNorm -> ReLU -> 2x2 max-pool], global average
+"""The brain-tumour toolkit's "custom CNN" baseline. The original names it but gives no layers, so this is a small
+documented design: `len(widths)` blocks of [3x3 conv (no bias) -> BatchNorm -> ReLU -> 2x2 max-pool], global average
 pooling, dropout, and the `head` Dense layer. With widths (32, 64, 128, 256) and 2 classes: 389,410
 parameters (the counts do not depend on the input size).
 """
