@@ -2,7 +2,10 @@
 
     python -m benchmarks.s0_full_step [--batch 2] [--steps 3]
 
-Prints compile time, the median step time and XLA's compiled memory of the step (one device).
+Prints compile time, the median step time, XLA's compiled memory of the step (one device: arguments, outputs,
+the part of the outputs aliased to donated arguments, temporaries), the state's bytes by part (parameters, EMA,
+optimiser state) and the process's malloc'd bytes: live before the step and sampled peak during it (the
+benchmark's `sampled_peak_mb` method), so the runtime's overhead over XLA's own plan can be read off.
 """
 from __future__ import annotations
 
@@ -43,16 +46,29 @@ def main():
     compiled = step.lower(state, gbatch, jax.random.PRNGKey(1)).compile()
     compile_s = time.perf_counter() - t0
     mem = compiled.memory_analysis()
+    from benchmarks import memory
+
+    def mib(tree) -> float:
+        return round(sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(tree)) / 2 ** 20, 1)
+
+    parts = {name: mib(getattr(state, name)) for name in ("params", "ema_params", "opt_state", "model_state")
+             if hasattr(state, name)}
+    live_before = memory.malloc_live_mb()
     times = []
-    for _ in range(args.steps):
-        t0 = time.perf_counter()
-        state, m = compiled(state, gbatch, jax.random.PRNGKey(1))
-        jax.block_until_ready(m)
-        times.append(time.perf_counter() - t0)
+    with memory.sampled_peak() as peak:
+        for _ in range(args.steps):
+            t0 = time.perf_counter()
+            state, m = compiled(state, gbatch, jax.random.PRNGKey(1))
+            jax.block_until_ready(m)
+            times.append(time.perf_counter() - t0)
     print(json.dumps({"batch": args.batch, "compile_s": round(compile_s, 1),
                       "step_s_median": round(float(np.median(times)), 2), "loss": float(m["loss"]),
                       "compiled_temp_MiB": round(mem.temp_size_in_bytes / 2 ** 20),
                       "compiled_argument_MiB": round(mem.argument_size_in_bytes / 2 ** 20),
+                      "compiled_output_MiB": round(mem.output_size_in_bytes / 2 ** 20),
+                      "compiled_alias_MiB": round(mem.alias_size_in_bytes / 2 ** 20),
+                      "state_MiB": parts, "malloc_live_before_MB": round(live_before),
+                      "malloc_sampled_peak_MB": round(peak["peak_mb"]),
                       "devices": jax.device_count(), "backend": jax.default_backend()}))
 
 

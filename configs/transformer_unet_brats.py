@@ -28,4 +28,7 @@ def get_config():
                        seed=42, split="brats_250_73_45", slices="linspace_70_100_10", clahe=True, augment=True))
     c.train.update(dict(steps=39 * 157, batch_size=16, lr=1e-4, lr_schedule="constant", optimizer="adam"))
     c.eval.batch_size = 8
+    # XLA:CPU only: YNNPACK for the matmuls alone. Its elementwise and reduction fusions double this model's step
+    # temporaries at 240x240 (benchmarks/PERFORMANCE.md, 2026-12-08); GPU and TPU ignore the key.
+    c.xla_cpu_fusion = "dot"
     return c
