@@ -231,3 +231,17 @@ def _node(config, sections):
     for part in sections:
         node = node.get(part) if isinstance(node, ml_collections.ConfigDict) else None
     return node if isinstance(node, ml_collections.ConfigDict) else None
+
+
+def renamed_names(module_globals: dict, renamed: dict):
+    """A module `__getattr__` serving the old Python names in `renamed` ({old: new}) of the module whose globals
+    are `module_globals`, each with a one-line FutureWarning; other names raise AttributeError."""
+    module = module_globals["__name__"]
+
+    def getattr_(name):
+        if name in renamed:
+            warnings.warn(f"{module}.{name} is the old name of {renamed[name]}", FutureWarning, stacklevel=2)
+            return module_globals[renamed[name]]
+        raise AttributeError(f"module {module!r} has no attribute {name!r}")
+
+    return getattr_

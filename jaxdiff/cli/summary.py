@@ -13,7 +13,6 @@ its value, then the keys the file leaves out that the data source, task or model
 """
 from __future__ import annotations
 
-import os
 import sys
 
 import jax
@@ -86,7 +85,6 @@ def memory_lines(task, config) -> list[str]:
 # XLA:CPU's default concurrency-optimised scheduler moves recomputation forward and so erases remat's saving
 # (8 chained 3D ResBlocks: 150 MiB temp with remat, 146 MiB without); the memory-minimising scheduler shows it
 # (74 vs 98 MiB), as memory-aware GPU/TPU scheduling does. `--memory` compiles with it.
-_MEMORY_XLA_FLAG = "--xla_cpu_enable_concurrency_optimized_scheduler=false"
 
 
 def main(argv=None) -> int:
@@ -97,8 +95,8 @@ def main(argv=None) -> int:
             print("\n".join(config_lib.key_lines(config)))
             return 0
         platform.setup(reexec=False, compilation_cache=False)  # the XLA:CPU defaults (nothing is run)
-        if fv.memory and _MEMORY_XLA_FLAG not in os.environ.get("XLA_FLAGS", ""):
-            os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {_MEMORY_XLA_FLAG}".strip()
+        if fv.memory:
+            platform.use_memory_minimising_scheduler()
         from jaxdiff import tasks
         task = tasks.build(config)
         batch = task.example_batch(1)

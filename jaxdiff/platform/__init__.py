@@ -20,7 +20,8 @@ from jaxdiff.platform.devices import (CPU_DEVICES_FLAG, sampling_cpu_devices, sa
                                       set_cpu_devices, train_devices)
 from jaxdiff.platform.malloc import MALLOC_TUNABLE, reexec_with_malloc_defaults
 from jaxdiff.platform.one_shot import ONE_SHOT_CPU_COMPILER_OPTIONS, run_once_compiled
-from jaxdiff.platform.xla_flags import (CPU_XLA_FLAGS, YNN_FUSION_FLAG, YNN_FUSION_TYPES, add_cpu_xla_flags,
+from jaxdiff.platform.xla_flags import (MEMORY_SCHEDULER_FLAG, use_memory_minimising_scheduler,
+                                        CPU_XLA_FLAGS, YNN_FUSION_FLAG, YNN_FUSION_TYPES, add_cpu_xla_flags,
                                         check_cpu_fusion, set_cpu_fusion)
 
 DEFAULT_CPU_DEVICES = "default"  # `setup(cpu_devices=...)`: one per core unless JAXDIFF_XLA_CPU_DEFAULTS=0
@@ -55,7 +56,8 @@ def setup(config=None, *, cpu_devices=None, distributed: bool = False, reexec: b
     return done
 
 
-__all__ = ["setup", "DEFAULT_CPU_DEVICES", "CPU_XLA_FLAGS", "YNN_FUSION_FLAG", "YNN_FUSION_TYPES", "add_cpu_xla_flags",
+__all__ = ["setup", "MEMORY_SCHEDULER_FLAG", "use_memory_minimising_scheduler",
+           "DEFAULT_CPU_DEVICES", "CPU_XLA_FLAGS", "YNN_FUSION_FLAG", "YNN_FUSION_TYPES", "add_cpu_xla_flags",
            "set_cpu_fusion", "CPU_DEVICES_FLAG", "set_cpu_devices", "sampling_cpu_devices",
            "sampling_only_cpu_devices", "train_devices", "MALLOC_TUNABLE", "reexec_with_malloc_defaults",
            "ONE_SHOT_CPU_COMPILER_OPTIONS", "run_once_compiled", "COMPILATION_CACHE_ENV", "CACHE_MIN_COMPILE_TIME_S",

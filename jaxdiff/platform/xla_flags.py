@@ -88,3 +88,13 @@ def backends_started(what: str) -> bool:
     import warnings
     warnings.warn(f"{what} not applied: JAX's backends already exist in this process", stacklevel=3)
     return True
+
+
+MEMORY_SCHEDULER_FLAG = "--xla_cpu_enable_concurrency_optimized_scheduler=false"
+
+
+def use_memory_minimising_scheduler() -> None:
+    """Compile with XLA:CPU's memory-minimising scheduler (`summary --memory`): the default concurrency-optimised
+    one undoes remat, which memory-aware GPU/TPU scheduling keeps. Call before JAX creates its CPU backend."""
+    if MEMORY_SCHEDULER_FLAG not in os.environ.get("XLA_FLAGS", ""):
+        _set_added_flags(None, [MEMORY_SCHEDULER_FLAG])

@@ -16,6 +16,7 @@ import numpy as np
 
 from jaxdiff.data.sources import DEFAULT_FRACTIONS, NORMALISATIONS, axial_slices, check_split, \
     normalise as normalise_volume, parse_modalities, region_set, split_cases
+from jaxdiff.config_defaults import renamed_names
 from jaxdiff.errors import InputError
 from jaxdiff.io.nifti import load_nifti, nifti_shape
 
@@ -37,13 +38,7 @@ __all__ = ["CASE_SPLITS", "LINSPACE_70_100_10", "MODALITIES", "SLICE_RECIPES", "
            "case_file", "case_parts", "list_cases", "load_case", "split_250_73_45", "split_cases"]
 
 
-def __getattr__(name):
-    if name in _RENAMED:
-        import warnings
-        warnings.warn(f"jaxdiff.data.sources.brats.{name} is the old name of {_RENAMED[name]}", FutureWarning,
-                      stacklevel=2)
-        return globals()[_RENAMED[name]]
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__ = renamed_names(globals(), _RENAMED)
 
 
 def list_cases(root: str) -> list[str]:

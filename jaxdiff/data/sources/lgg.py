@@ -20,6 +20,7 @@ import numpy as np
 import tifffile
 
 from jaxdiff.data.sources import DEFAULT_FRACTIONS, SPLITS, _resize_stack, check_split, split_cases
+from jaxdiff.config_defaults import renamed_names
 from jaxdiff.errors import InputError
 
 CHANNELS = ("pre_contrast", "flair", "post_contrast")
@@ -43,13 +44,7 @@ __all__ = ["CHANNELS", "SPLIT_3536_393", "SPLIT_MODES", "LggSlices", "SliceFiles
            "patient_split", "read_image", "read_mask", "split_3536_393"]
 
 
-def __getattr__(name):
-    if name in _RENAMED:
-        import warnings
-        warnings.warn(f"jaxdiff.data.sources.lgg.{name} is the old name of {_RENAMED[name]}", FutureWarning,
-                      stacklevel=2)
-        return globals()[_RENAMED[name]]
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__ = renamed_names(globals(), _RENAMED)
 
 
 class SliceFiles(NamedTuple):
